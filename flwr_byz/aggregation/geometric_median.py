@@ -1,0 +1,66 @@
+"""Geometric median by smoothed Weiszfeld iterations (Pillutla et al., 2022)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Rule
+from .median import CoordinateMedian
+
+STARTS = ("zero", "mean", "median")
+
+
+class GeometricMedian(Rule):
+    """Approximate ``argmin_z sum_i ||x_i - z||`` by smoothed Weiszfeld:
+
+    ``z <- sum_i (x_i / b_i) / sum_i (1 / b_i)``, ``b_i = max(nu, ||x_i - z||)``,
+
+    for ``iterations`` steps (paper: T = 8, nu = 0.1) from ``start`` (``zero``,
+    ``mean`` or coordinate-wise ``median``), stopping early once every problem
+    of the batch moves less than ``tol``. Requires ``n > 2f``. Memory O(k*n*d).
+    """
+
+    name = "gm"
+    requirement = "n > 2f"
+
+    def __init__(
+        self,
+        f: int,
+        nu: float = 0.1,
+        iterations: int = 8,
+        start: str = "zero",
+        tol: float | None = None,
+    ) -> None:
+        super().__init__(f)
+        if not nu > 0:
+            raise ValueError(f"GM needs nu > 0, got nu={nu}")
+        if iterations < 1:
+            raise ValueError(f"GM needs iterations >= 1, got {iterations}")
+        if start not in STARTS:
+            raise ValueError(f"GM start must be one of {', '.join(STARTS)}; got {start!r}")
+        if tol is not None and not tol > 0:
+            raise ValueError(f"GM tol must be positive or None, got {tol}")
+        self.nu, self.iterations, self.start, self.tol = nu, iterations, start, tol
+
+    def min_n(self) -> int:
+        return 2 * self.f + 1
+
+    def _initial(self, x: Tensor) -> Tensor:
+        if self.start == "zero":
+            return x.new_zeros(x.shape[0], x.shape[-1])
+        if self.start == "mean":
+            return x.mean(dim=-2)
+        return CoordinateMedian(0)._apply(x)
+
+    def _apply(self, x: Tensor) -> Tensor:
+        z = self._initial(x)
+        for _ in range(self.iterations):
+            dist = torch.linalg.vector_norm(x - z.unsqueeze(-2), dim=-1)
+            weights = 1.0 / dist.clamp_min(self.nu)
+            new = (weights.unsqueeze(-2) @ x).squeeze(-2) / weights.sum(dim=-1, keepdim=True)
+            moved = torch.linalg.vector_norm(new - z, dim=-1).max()
+            z = new
+            if self.tol is not None and moved <= self.tol:
+                break
+        return z

@@ -1,0 +1,114 @@
+"""Composition of pre-aggregators and a rule from a spec such as ``"bucketing+nnm+cm"``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import Tensor
+
+from .base import PreAggregator, Rule, Stage, as_batch
+from .bucketing import Bucketing
+from .clipping import StaticClipping
+from .geometric_median import GeometricMedian
+from .krum import Krum, MultiKrum
+from .mean import Mean
+from .median import CoordinateMedian
+from .nnm import NearestNeighborMixing
+from .trimmed_mean import TrimmedMean
+
+RULES: dict[str, type[Rule]] = {
+    cls.name: cls for cls in (Mean, CoordinateMedian, TrimmedMean, GeometricMedian, Krum, MultiKrum)
+}
+PRE_AGGREGATORS: dict[str, type[PreAggregator]] = {
+    cls.name: cls for cls in (NearestNeighborMixing, Bucketing, StaticClipping)
+}
+
+
+class Aggregation:
+    """Pre-aggregators followed by a rule: ``F = rule o pre_m o ... o pre_1``.
+
+    Callable on ``(n, d) -> (d)`` and ``(k, n, d) -> (k, d)``; never mutates its input.
+    """
+
+    def __init__(self, spec: str, pre: list[PreAggregator], rule: Rule) -> None:
+        self.spec, self.pre, self.rule, self.f = spec, pre, rule, rule.f
+
+    def check(self, n: int) -> None:
+        """Raise ``ValueError`` if the pipeline cannot aggregate ``n`` vectors with its ``f``."""
+        received = n
+        for stage in (*self.pre, self.rule):
+            if received < stage.min_n() and self.pre:
+                raise ValueError(
+                    f"{self.spec!r} cannot aggregate n={n} vectors with f={self.f}: "
+                    f"{stage.name.upper()} needs {stage.requirement} but receives {received}; "
+                    f"use at least n={self.min_n()} nodes or a smaller f"
+                )
+            stage.check(received)
+            received = stage.output_n(received)
+
+    def min_n(self) -> int:
+        """Smallest number of inputs the whole pipeline accepts."""
+        n = 1
+        while not self._accepts(n):
+            n += 1
+        return n
+
+    def _accepts(self, n: int) -> bool:
+        for stage in (*self.pre, self.rule):
+            if n < stage.min_n():
+                return False
+            n = stage.output_n(n)
+        return True
+
+    def __call__(self, x: Tensor) -> Tensor:
+        batch, single = as_batch(x)
+        self.check(batch.shape[-2])
+        for stage in self.pre:
+            batch = stage._apply(batch)
+        out = self.rule._apply(batch)
+        return out[0] if single else out
+
+    def __repr__(self) -> str:
+        return f"Aggregation({self.spec!r}, f={self.f})"
+
+
+def _accepted(cls: type[Stage]) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "f"}
+
+
+def get_aggregator(spec: str, f: int, n: int | None = None, **params: Any) -> Aggregation:
+    """Build the aggregation named by ``spec`` for ``f`` Byzantine inputs.
+
+    ``spec`` is a rule (``mean, cm, tm, gm, krum, multikrum``) optionally preceded by
+    pre-aggregators (``nnm, bucketing, clipping``) joined with ``+``, e.g. ``"nnm+gm"``.
+    Each keyword in ``params`` goes to every stage that accepts it (``nu`` to GM,
+    ``s`` to bucketing, ...). If ``n`` is given, the preconditions are checked now.
+    """
+    names = [part.strip().lower() for part in str(spec).split("+")]
+    *pre_names, rule_name = names
+    if rule_name not in RULES:
+        raise ValueError(
+            f"unknown aggregation rule {rule_name!r} in spec {spec!r}; "
+            f"valid rules: {', '.join(RULES)} (optionally preceded by {', '.join(PRE_AGGREGATORS)} joined with '+')"
+        )
+    for name in pre_names:
+        if name not in PRE_AGGREGATORS:
+            raise ValueError(
+                f"unknown pre-aggregator {name!r} in spec {spec!r}; valid pre-aggregators: "
+                f"{', '.join(PRE_AGGREGATORS)} (the rule comes last)"
+            )
+    classes = [PRE_AGGREGATORS[name] for name in pre_names] + [RULES[rule_name]]
+    accepted = {cls: _accepted(cls) for cls in classes}
+    unused = set(params) - set().union(*accepted.values())
+    if unused:
+        valid = sorted(set().union(*accepted.values()))
+        raise ValueError(
+            f"parameter(s) {', '.join(sorted(unused))} not accepted by {spec!r}; "
+            f"valid parameters: {', '.join(valid) or 'none'}"
+        )
+    stages = [cls(f, **{k: v for k, v in params.items() if k in accepted[cls]}) for cls in classes]
+    aggregation = Aggregation("+".join(names), stages[:-1], stages[-1])  # type: ignore[arg-type]
+    if n is not None:
+        aggregation.check(n)
+    return aggregation

@@ -1,0 +1,25 @@
+"""Coordinate-wise trimmed mean (Yin et al., 2018)."""
+
+from torch import Tensor
+
+from .base import Rule
+
+
+class TrimmedMean(Rule):
+    """Per coordinate, drop the ``f`` largest and ``f`` smallest values and average the rest:
+
+    ``F(x)_j = 1/(n - 2f) sum_{i=f+1}^{n-f} x_(i)j`` with ``x_(1)j <= ... <= x_(n)j``.
+    Requires ``n > 2f``.
+    """
+
+    name = "tm"
+    requirement = "n > 2f"
+
+    def min_n(self) -> int:
+        return 2 * self.f + 1
+
+    def _apply(self, x: Tensor) -> Tensor:
+        if self.f == 0:
+            return x.mean(dim=-2)
+        n = x.shape[-2]
+        return x.sort(dim=-2).values[..., self.f : n - self.f, :].mean(dim=-2)

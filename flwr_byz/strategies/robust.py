@@ -1,0 +1,140 @@
+"""Robust D-SGD as a drop-in Flower strategy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from torch import Tensor
+
+from ..aggregation import Aggregation, get_aggregator
+from ..flat import FlatLayout
+from .records import to_record, to_tensors
+from .screening import screen_replies
+
+
+class RobustStrategy(FedAvg):
+    """FedAvg with the average replaced by a robust aggregation of pseudo-gradients.
+
+    Each round, with global model ``theta`` and the client step ``gamma_t`` sent in
+    the train config under ``lr_key`` (1 if absent), reply ``theta_i`` becomes
+    ``g_i = (theta - theta_i) / gamma_t`` and the model moves to
+
+        ``theta <- theta - server_lr * gamma_t * F(g_1, ..., g_n)``
+
+    with ``F = get_aggregator(aggregation, num_byzantine, **aggregation_params)``.
+    Floating arrays form the flat vector ``theta``; integer arrays (BatchNorm's
+    ``num_batches_tracked``) take the element-wise median of the replies.
+
+    Replies with errors, missing or extra arrays, wrong shapes or dtypes,
+    non-finite values or malformed metrics are excluded, logged with their node
+    id and presumed Byzantine: the rule then runs with ``f - excluded``. If too
+    few replies remain, the round keeps the old model.
+
+    Parameters beyond FedAvg's: ``aggregation`` (spec, e.g. ``"nnm+cm"``),
+    ``num_byzantine`` (f), ``server_lr`` (eta_s), ``lr_key``, ``lr_schedule``
+    (round -> gamma_t, written into the train config each round) and
+    ``aggregation_params`` (e.g. ``{"nu": 0.1}`` for GM).
+    """
+
+    def __init__(
+        self,
+        aggregation: str = "nnm+cm",
+        num_byzantine: int = 0,
+        server_lr: float = 1.0,
+        lr_key: str = "lr",
+        lr_schedule: Callable[[int], float] | None = None,
+        aggregation_params: dict[str, Any] | None = None,
+        **fedavg_kwargs: Any,
+    ) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.aggregation_params = dict(aggregation_params or {})
+        self.aggregator = get_aggregator(aggregation, num_byzantine, **self.aggregation_params)
+        if not server_lr > 0:
+            raise ValueError(f"server_lr must be positive, got {server_lr}")
+        self.num_byzantine = num_byzantine
+        self.server_lr = server_lr
+        self.lr_key = lr_key
+        self.lr_schedule = lr_schedule
+        self._arrays: ArrayRecord | None = None
+        self._gamma = 1.0
+
+    def summary(self) -> None:
+        super().summary()
+        log(INFO, "\t└──> Robust aggregation: %s, f=%d, server lr %s", self.aggregator.spec,
+            self.num_byzantine, self.server_lr)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.lr_schedule is not None:
+            config[self.lr_key] = float(self.lr_schedule(server_round))
+        gamma = float(config.get(self.lr_key, 1.0))
+        if not gamma > 0:
+            raise ValueError(f"client step {self.lr_key}={gamma} must be positive")
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.aggregator.check(len(messages))
+        self._arrays, self._gamma = arrays, gamma
+        return messages
+
+    def aggregator_for(self, excluded: int) -> Aggregation:
+        """The defended rule after ``excluded`` replies were dropped as Byzantine."""
+        f = max(self.num_byzantine - excluded, 0)
+        if f == self.num_byzantine:
+            return self.aggregator
+        return get_aggregator(self.aggregator.spec, f, **self.aggregation_params)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self._arrays is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        screened = screen_replies(replies, self._arrays, self.weighted_by_key)
+        for node_id, reason in screened.excluded:
+            log(WARNING, "Round %d: excluded reply of node %d: %s", server_round, node_id, reason)
+        summary = MetricRecord({"robust-excluded": len(screened.excluded), "robust-received": len(screened.valid)})
+        aggregator = self.aggregator_for(len(screened.excluded))
+        if len(screened.valid) < aggregator.min_n():
+            log(WARNING, "Round %d: keeping the old model: %d valid replies, %r with f=%d needs %d",
+                server_round, len(screened.valid), aggregator.spec, aggregator.f, aggregator.min_n())
+            return None, summary
+        contents = [reply.content for reply in screened.valid]
+        arrays = self._step([next(iter(c.array_records.values())) for c in contents], aggregator)
+        if arrays is None:
+            log(WARNING, "Round %d: keeping the old model: the aggregate is not finite", server_round)
+            return None, summary
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        metrics.update(summary)
+        return arrays, metrics
+
+    def _step(self, records: list[ArrayRecord], aggregator: Aggregation) -> ArrayRecord | None:
+        """New global model from the screened replies, or None if the aggregate is not finite."""
+        assert self._arrays is not None
+        reference = to_tensors(self._arrays)
+        replies = [to_tensors(record) for record in records]
+        theta, grads, layout = pseudo_gradients(reference, replies, self._gamma)
+        new_theta = theta - self.server_lr * self._gamma * aggregator(grads)
+        if not torch.isfinite(new_theta).all():
+            return None
+        new = reference | layout.unflatten(new_theta)
+        for key, value in reference.items():
+            if not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+                new[key] = torch.stack([reply[key] for reply in replies]).median(dim=0).values
+        return to_record(new)
+
+
+def pseudo_gradients(
+    reference: dict[str, Tensor], replies: list[dict[str, Tensor]], gamma: float
+) -> tuple[Tensor, Tensor, FlatLayout]:
+    """Flat global model ``theta`` (d,), pseudo-gradients ``(theta - theta_i) / gamma`` (n, d)
+    and the layout of the floating entries of ``reference``."""
+    layout = FlatLayout.of(reference)
+    theta = layout.flatten(reference)
+    stacked = torch.stack([layout.flatten(reply, dtype=theta.dtype) for reply in replies])
+    return theta, (theta - stacked) / gamma, layout
