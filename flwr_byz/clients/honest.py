@@ -1,0 +1,55 @@
+"""The honest D-SGD worker as a Flower ClientApp handler."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from torch import Tensor, nn
+
+from ..config import RunSettings
+from ..flat import FlatLayout
+from ..tasks import Task, worker_step
+from .nodes import Role, device, local_data
+from .records import instruction, load_state, save_state
+
+
+def momentum_step(
+    context: Context, settings: RunSettings, task: Task, x: Tensor, y: Tensor, msg: Message, node: int,
+    state_key: str = "momentum",
+) -> tuple[dict[str, Tensor], float, int]:
+    """Run the honest pipeline on ``(x, y)`` from the global model of ``msg``.
+
+    Returns the model state to send, ``theta - gamma_t * m_t`` on trainable entries
+    and the forward pass's BatchNorm statistics on the others, the batch loss and
+    the batch size. The momentum ``m_t`` persists in ``context.state[state_key]``.
+    """
+    arrays, config = instruction(msg)
+    round_, gamma = int(config["server-round"]), float(config.get("lr", 1.0))
+    model = task.build_model().to(device())
+    theta = {k: v.to(device()) for k, v in arrays.to_torch_state_dict().items()}
+    model.load_state_dict(theta)
+    previous = load_state(context.state, state_key)
+    momentum = previous["m"].to(device()) if previous else None
+    result = worker_step(task, model, x, y, momentum, settings.worker(), settings.seed, node, round_)
+    save_state(context.state, state_key, {"m": result.momentum})
+    return stepped(model, theta, result.momentum, gamma), result.loss, result.batch_size
+
+
+def stepped(model: nn.Module, theta: dict[str, Tensor], momentum: Tensor, gamma: float) -> dict[str, Tensor]:
+    """``theta - gamma * m`` on the trainable entries of ``model``; its other entries as they are now."""
+    layout = FlatLayout.of(theta)
+    moved = layout.unflatten(layout.flatten(theta) - gamma * momentum.to(device()))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {k: moved[k] if k in trainable else v for k, v in model.state_dict().items()}
+
+
+def train_honest(msg: Message, context: Context) -> Message:
+    """Reply to a train instruction with the model after one honest step."""
+    settings = RunSettings.from_run_config(context.run_config)
+    role = Role.of(context, settings)
+    task, x, y = local_data(settings, role.partition_id, role.h)
+    state, loss, batch = momentum_step(context, settings, task, x, y, msg, node=role.partition_id)
+    content = RecordDict({
+        "arrays": ArrayRecord({k: v.cpu() for k, v in state.items()}),
+        "metrics": MetricRecord({"num-examples": batch, "train-loss": loss}),
+    })
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,71 @@
+"""What a simulated node knows: its role, its data, its device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from flwr.app import Context
+from torch import Tensor
+
+from ..config import RunSettings
+from ..tasks import Task, get_task, partition
+
+
+@dataclass(frozen=True)
+class Role:
+    """Node ``partition_id`` of ``n``: the last ``f`` ids are Byzantine, the others honest.
+
+    Honest node ``i`` holds honest partition ``i`` of ``h = n - f``.
+    """
+
+    partition_id: int
+    n: int
+    f: int
+
+    @classmethod
+    def of(cls, context: Context, settings: RunSettings) -> Role:
+        n = int(context.node_config["num-partitions"])
+        pid = int(context.node_config["partition-id"])
+        if not 0 <= settings.num_byzantine < n:
+            raise ValueError(f"num-byzantine={settings.num_byzantine} needs 0 <= f < num-supernodes={n}")
+        return cls(pid, n, settings.num_byzantine)
+
+    @property
+    def h(self) -> int:
+        return self.n - self.f
+
+    @property
+    def byzantine(self) -> bool:
+        return self.partition_id >= self.h
+
+
+def device() -> torch.device:
+    """CUDA when the simulation backend gave this worker a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@lru_cache(maxsize=4)
+def honest_partitions(settings: RunSettings, num_honest: int) -> tuple[Task, Tensor, Tensor, tuple]:
+    """Task, full training set and the index arrays of the ``num_honest`` honest partitions.
+
+    Cached per process: every node of a simulation shares one copy.
+    """
+    task = get_task(settings.task)
+    x, y = task.load("train", settings.data_dir or None)
+    if settings.task == "toy2d":
+        if num_honest != len(x):
+            raise ValueError(f"toy2d has exactly {len(x)} honest workers, got n - f = {num_honest}")
+        parts = tuple(torch.arange(len(x)).reshape(num_honest, -1).numpy())
+    else:
+        parts = tuple(partition(y.numpy(), num_honest, settings.alpha_or_iid, settings.seed))
+    return task, x, y, parts
+
+
+@lru_cache(maxsize=32)
+def local_data(settings: RunSettings, index: int, num_honest: int) -> tuple[Task, Tensor, Tensor]:
+    """Task and training data of honest partition ``index`` on this worker's device."""
+    task, x, y, parts = honest_partitions(settings, num_honest)
+    idx = torch.as_tensor(parts[index])
+    return task, x[idx].to(device()), y[idx].to(device())

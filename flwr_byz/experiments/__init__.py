@@ -1,0 +1,1 @@
+"""Experiments: results files, `flwr run` launching, tables and plots."""

@@ -1,0 +1,145 @@
+"""Launching Flower apps with `flwr run` on an isolated local SuperLink, and checking the outcome.
+
+`flwr run --stream` exits 0 even when the run failed, so the outcome is read back
+with `flwr ls --format json`. Each launcher owns a Flower home, two ports and a
+Ray temp dir, so runs (and tests) never meet another user's SuperLink, and it
+stops the SuperLink it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+RUN_ID = re.compile(r"Successfully started run (\d+)")
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML literal for ``--run-config``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunOutcome:
+    """What `flwr run` left behind: run id, final status (``finished:completed`` on success), output."""
+
+    run_id: str | None
+    status: str
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished:completed"
+
+
+class FlowerLauncher:
+    """Runs apps on a private local SuperLink rooted at ``home``."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home).resolve()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.http_port, self.control_port = free_port(), free_port()
+
+    @property
+    def env(self) -> dict[str, str]:
+        ray_tmp = self.home / "ray"
+        ray_tmp.mkdir(exist_ok=True)
+        bin_dir = str(Path(sys.executable).parent)
+        return {
+            **os.environ,
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "FLWR_HOME": str(self.home),
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.http_port),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(self.control_port),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "RAY_TMPDIR": str(ray_tmp),
+        }
+
+    def run(
+        self,
+        app_dir: Path,
+        run_config: Mapping[str, Any],
+        num_supernodes: int,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        timeout: float = 3600,
+        echo: TextIO | None = None,
+    ) -> RunOutcome:
+        """`flwr run app_dir --stream` with ``run_config`` overrides; the run's outcome.
+
+        Output lines are copied to ``echo`` as they arrive (progress for long runs).
+        """
+        overrides = " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
+        federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus={num_cpus} "
+                      f"client-resources-num-gpus={num_gpus}")
+        cmd = ["flwr", "run", str(app_dir), "--stream", "--federation-config", federation]
+        if overrides:
+            cmd += ["--run-config", overrides]
+        proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=self.home)
+        lines: list[str] = []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if echo is not None:
+                    echo.write(line)
+                    echo.flush()
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        output = "".join(lines)
+        match = RUN_ID.search(output)
+        run_id = match.group(1) if match else None
+        return RunOutcome(run_id, self.status(run_id) if run_id else "not-started", output)
+
+    def status(self, run_id: str) -> str:
+        """Status of ``run_id`` as `flwr ls` reports it."""
+        out = subprocess.run(["flwr", "ls", "--format", "json", "--run-id", run_id], env=self.env,
+                             capture_output=True, text=True, cwd=self.home, timeout=120)
+        try:
+            runs = json.loads(out.stdout)["runs"]
+        except (json.JSONDecodeError, KeyError):
+            return f"unknown ({out.stdout.strip() or out.stderr.strip()})"
+        return str(runs[0]["status"]) if runs else "unknown"
+
+    def stop(self) -> None:
+        """Stop the SuperLink this launcher started (found by its control port)."""
+        marker = f"127.0.0.1:{self.control_port}"
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "flower-superlink" in cmdline and marker in cmdline:
+                try:
+                    os.kill(int(proc.name), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def __enter__(self) -> FlowerLauncher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

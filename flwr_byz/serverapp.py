@@ -1,0 +1,78 @@
+"""The ServerApp of flwr-byz simulations: Robust D-SGD under an omniscient adversary."""
+
+from __future__ import annotations
+
+import time
+from logging import INFO
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from .config import RunSettings
+from .experiments.results import RunLog, results_path
+from .strategies import OmniscientAdversary, RobustStrategy
+from .tasks import Task, get_task
+
+app = ServerApp()
+
+
+def wait_for_nodes(grid: Grid, timeout: float = 120.0) -> int:
+    """Number of nodes once it has been stable for a second."""
+    start, count, stable_since = time.time(), -1, time.time()
+    while time.time() - start < timeout:
+        now = len(list(grid.get_node_ids()))
+        if now != count:
+            count, stable_since = now, time.time()
+        elif count > 0 and time.time() - stable_since >= 1.0:
+            return count
+        time.sleep(0.2)
+    raise RuntimeError(f"no stable set of nodes after {timeout} s (last count {count})")
+
+
+def central_evaluator(settings: RunSettings, task: Task, adversary: OmniscientAdversary, log_: RunLog):
+    """``evaluate_fn`` for ``Strategy.start``: test loss/accuracy every ``eval-every`` rounds,
+    written with the round's honest training metrics to the results file."""
+    x, y = task.load("test", settings.data_dir or None)
+    if settings.eval_size:
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(settings.seed))[: settings.eval_size]
+        x, y = x[keep], y[keep]
+    model = task.build_model()
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round % settings.eval_every and server_round not in (0, settings.rounds):
+            return None
+        model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = task.evaluate(model, x, y)
+        train = dict(adversary.train_metrics.get(server_round, {}))
+        log_.append({"round": server_round, "test-loss": loss, "test-accuracy": accuracy, **train})
+        log(INFO, "[%s] round %d/%d: test accuracy %.4f, test loss %.4f", settings.name, server_round,
+            settings.rounds, accuracy, loss)
+        return MetricRecord({"test-loss": loss, "test-accuracy": accuracy})
+
+    return evaluate
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = RunSettings.from_run_config(context.run_config)
+    n = wait_for_nodes(grid)
+    task = get_task(settings.task)
+    torch.manual_seed(settings.seed)
+    model = task.build_model()
+    strategy = RobustStrategy(
+        aggregation=settings.aggregation, num_byzantine=settings.num_byzantine, server_lr=settings.server_lr,
+        lr_schedule=settings.lr_at, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n,
+    )
+    adversary = OmniscientAdversary(strategy, attack=settings.attack != "none", seed=settings.seed)
+    path = results_path(settings)
+    log(INFO, "Results of %s go to %s", settings.name, path)
+    adversary.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=settings.rounds,
+        train_config=ConfigRecord({"lr": settings.lr}),
+        evaluate_fn=central_evaluator(settings, task, adversary, RunLog(path, settings)),
+    )
+    log(INFO, "Results written to %s", path)
