@@ -13,7 +13,7 @@ from ..aggregation import get_aggregator
 from ..attacks import Attack, AttackContext, get_attack
 from ..config import RunSettings
 from ..flat import FlatLayout
-from ..tasks import Task
+from ..tasks import Task, seeded_generator
 from .honest import momentum_step
 from .nodes import Role, device, honest_partitions, local_data
 from .records import instruction, load_state, save_state, tensor
@@ -21,17 +21,12 @@ from .records import instruction, load_state, save_state, tensor
 STATE_KEY = "attack-state"
 
 
-def seeded(*parts: object) -> torch.Generator:
-    """A CPU generator seeded by ``parts`` (stable across processes)."""
-    return torch.Generator().manual_seed(abs(hash(json.dumps([str(p) for p in parts]))) % 2**62)
-
-
 def honest_loss_oracle(settings: RunSettings, role: Role, task: Task, round_: int) -> Callable[[Tensor], Tensor]:
     """``L_H`` on flat parameters ``(k, d) -> (k,)``: the mean over honest workers of their loss on
     ``jump-loss-size / h`` examples each, drawn afresh every round (the adversary knows the data)."""
     _, x, y, parts = honest_partitions(settings, role.h)
     per_worker = max(1, settings.jump_loss_size // role.h)
-    gen = seeded(settings.seed, round_, "jump-loss")
+    gen = seeded_generator(settings.seed, round_, "jump-loss")
     idx = torch.cat([torch.as_tensor(p)[torch.randperm(len(p), generator=gen)[:per_worker]] for p in parts])
     xs, ys = x[idx].to(device()), y[idx].to(device())
     model = task.build_model().to(device())
@@ -80,7 +75,7 @@ def train_byzantine(msg: Message, context: Context) -> Message:
         params=theta,
         honest_loss=honest_loss_oracle(settings, role, task, round_) if settings.attack == "jump" else None,
         flipped=flipped_gradient(msg, context, settings, role, theta, layout, gamma) if settings.attack == "lf" else None,
-        generator=seeded(settings.seed, round_, role.partition_id, "attack"),
+        generator=seeded_generator(settings.seed, round_, role.partition_id, "attack"),
     )
     vector = attack(honest, ctx)
     save_state(context.state, STATE_KEY, attack.state_dict())

@@ -91,7 +91,7 @@ class FlowerLauncher:
         overrides = " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
         federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus={num_cpus} "
                       f"client-resources-num-gpus={num_gpus}")
-        cmd = ["flwr", "run", str(app_dir), "--stream", "--federation-config", federation]
+        cmd = ["flwr", "run", str(Path(app_dir).resolve()), "--stream", "--federation-config", federation]
         if overrides:
             cmd += ["--run-config", overrides]
         proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -1,0 +1,201 @@
+"""Benchmark the robust aggregation rules of ``flwr_byz.aggregation`` on CPU.
+
+What is measured
+----------------
+For every spec (``mean, cm, tm, gm, krum, multikrum, nnm+cm, ...``) the
+aggregator ``get_aggregator(spec, f, **params)`` is applied to one tensor
+``x`` of shape ``(n, d)``, float32, by default ``n = 17`` vectors of
+``d = 1.3M`` coordinates (the size of the CIFAR CNN).
+
+* ``ms/call``: median wall time of ``--repeat`` calls after one warm-up call.
+* ``x mean``: that time divided by the time of a plain ``torch.mean(x, dim=0)``
+  over the same tensor, measured in the same run the same way.
+* ``peak extra / input``: each spec is run once more in a fresh subprocess
+  (``tracemalloc`` does not see torch's allocations). The subprocess builds
+  ``x``, warms the rule up on a tiny tensor, reads its current RSS, makes one
+  call and reads the peak RSS. The difference, divided by the input size
+  ``n * d * 4`` bytes, is the peak memory the call builds on top of its input
+  (its output included). On Linux the peak is ``VmHWM`` of ``/proc/self/status``,
+  reset to the current RSS just before the call through ``/proc/self/clear_refs``:
+  ``ru_maxrss`` cannot be used as is, because ``exec`` carries the parent's peak
+  RSS (this benchmark's, ~1 GB) over to the child. Elsewhere it falls back to
+  ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, an upper bound. Anything
+  above ``--mem-limit`` (4x by default) is flagged with ``!``: GM and Krum
+  should stay O(n*d + n^2), i.e. a small constant multiple of the input.
+
+Run it from the repository root::
+
+    python benchmarks/bench_aggregation.py
+    python benchmarks/bench_aggregation.py --n 17 --d 1300000 --f 4 --repeat 5 --specs cm,gm,krum
+
+Torch uses its default number of threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from flwr_byz.aggregation import get_aggregator
+
+DEFAULT_SPECS = (
+    "mean,cm,tm,gm,krum,multikrum,nnm+cm,nnm+tm,nnm+gm,nnm+krum,bucketing+nnm+cm,clipping+cm"
+)
+# Parameters a spec needs beyond ``f`` (given only to specs with that stage).
+STAGE_PARAMS = {"clipping": {"c": 1.0}}
+
+
+def params_for(spec: str) -> dict:
+    params: dict = {}
+    for stage in spec.split("+"):
+        params.update(STAGE_PARAMS.get(stage.strip().lower(), {}))
+    return params
+
+
+def make_input(n: int, d: int) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+
+
+def time_ms(fn, x: torch.Tensor, repeat: int) -> float:
+    """Median milliseconds per call over ``repeat`` calls, after one warm-up call."""
+    fn(x)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def ru_maxrss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
+
+
+def proc_status_bytes(field: str) -> int | None:
+    """``VmRSS`` / ``VmHWM`` of ``/proc/self/status`` in bytes, or None off Linux."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now; falls back to the peak where ``/proc`` is missing."""
+    rss = proc_status_bytes("VmRSS")
+    return ru_maxrss_bytes() if rss is None else rss
+
+
+def peak_rss_bytes(reset: bool) -> int:
+    hwm = proc_status_bytes("VmHWM") if reset else None
+    return ru_maxrss_bytes() if hwm is None else hwm
+
+
+def memory_probe(spec: str, n: int, d: int, f: int) -> None:
+    """Subprocess body: print the peak RSS increase of one call, in bytes, as JSON."""
+    agg = (lambda x: torch.mean(x, dim=0)) if spec == "torch.mean" else get_aggregator(spec, f, **params_for(spec))
+    agg(make_input(n, 64))  # load kernels, thread pools, lazy imports
+    x = make_input(n, d)
+    reset = reset_peak_rss()
+    before = current_rss_bytes()
+    out = agg(x)
+    # Without the reset the peak is the whole process's, so an earlier, higher moment
+    # makes this an over-estimate of the call's extra memory: an upper bound.
+    extra = max(peak_rss_bytes(reset) - before, 0)
+    print(json.dumps({"spec": spec, "extra_bytes": extra, "out_numel": out.numel()}))
+
+
+def measure_memory(spec: str, n: int, d: int, f: int) -> float | None:
+    """Peak extra memory of one call of ``spec`` in a fresh interpreter, in bytes."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--_probe", spec, "--n", str(n), "--d", str(d), "--f", str(f)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"memory probe for {spec!r} failed:\n{proc.stderr}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])["extra_bytes"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=17, help="number of vectors (default 17)")
+    parser.add_argument("--d", type=int, default=1_300_000, help="dimension (default 1.3M, the CIFAR CNN)")
+    parser.add_argument("--f", type=int, default=4, help="presumed Byzantine inputs (default 4)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed calls per spec after a warm-up (default 5)")
+    parser.add_argument("--specs", default=DEFAULT_SPECS, help="comma-separated specs")
+    parser.add_argument("--mem-limit", type=float, default=4.0, help="flag peak extra / input above this")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--_probe", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args._probe:
+        memory_probe(args._probe, args.n, args.d, args.f)
+        return
+
+    specs = [s.strip() for s in args.specs.split(",") if s.strip()]
+    aggregators = {spec: get_aggregator(spec, args.f, n=args.n, **params_for(spec)) for spec in specs}
+    x = make_input(args.n, args.d)
+    input_bytes = x.numel() * x.element_size()
+    print(
+        f"n={args.n} d={args.d} f={args.f} float32 input={input_bytes / 2**20:.1f} MiB, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeat={args.repeat}"
+    )
+
+    baseline = lambda t: torch.mean(t, dim=0)  # noqa: E731
+    mean_ms = time_ms(baseline, x, args.repeat)
+    rows = []
+    for spec in specs:
+        rows.append((spec, time_ms(aggregators[spec], x, args.repeat)))
+    # Re-measure the baseline at the end and keep the faster, so drift cannot flatter the ratios.
+    mean_ms = min(mean_ms, time_ms(baseline, x, args.repeat))
+    del x
+
+    memory: dict[str, float | None] = {}
+    if not args.no_memory:
+        for spec in ["torch.mean", *specs]:
+            memory[spec] = measure_memory(spec, args.n, args.d, args.f)
+
+    def mem_cell(spec: str) -> str:
+        if args.no_memory:
+            return "-"
+        extra = memory.get(spec)
+        if extra is None:
+            return "failed"
+        ratio = extra / input_bytes
+        return f"{ratio:.2f}" + (" !" if ratio > args.mem_limit else "")
+
+    width = max(len(s) for s in ["torch.mean", "spec", *specs])
+    header = f"{'spec':<{width}} | {'ms/call':>9} | {'x mean':>7} | peak extra / input"
+    print(header)
+    print("-" * len(header))
+    print(f"{'torch.mean':<{width}} | {mean_ms:>9.1f} | {1.0:>7.2f} | {mem_cell('torch.mean')}")
+    for spec, ms in rows:
+        print(f"{spec:<{width}} | {ms:>9.1f} | {ms / mean_ms:>7.2f} | {mem_cell(spec)}")
+    if not args.no_memory:
+        flagged = [s for s in specs if memory.get(s) is not None and memory[s] / input_bytes > args.mem_limit]
+        print(f"\n! = peak extra memory above {args.mem_limit:g}x the input: {', '.join(flagged) or 'none'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""What every attack sees (``AttackContext``) and what every attack is (``Attack``).
+
+Vectors are in gradient sign convention: the server applies
+``theta' = theta - lr * F(g_1, ..., g_n)`` to the honest vectors ``g_1..g_h`` and
+the ``f`` Byzantine vectors, all equal to the attack's output ``a``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+Aggregator = Callable[[Tensor], Tensor]
+"""Robust rule ``(n, d) -> (d,)``, batched ``(k, n, d) -> (k, d)``."""
+
+HonestLoss = Callable[[Tensor], Tensor]
+"""Honest loss ``L_H`` of flat parameter vectors, batched ``(k, d) -> (k,)``."""
+
+
+@dataclass
+class AttackContext:
+    """The omniscient adversary's view of one round.
+
+    Attributes:
+        n: total number of vectors the server aggregates.
+        f: number of Byzantine vectors among them; ``h = n - f`` are honest.
+        aggregator: the defended rule ``F`` (needed by JUMP).
+        lr: server step applied to the aggregate.
+        params: current model ``theta`` as a flat ``(d,)`` tensor (JUMP).
+        honest_loss: ``L_H`` on flat parameters ``(k, d) -> (k,)`` (JUMP).
+        flipped: the honest pipeline's vector on flipped labels ``9 - y`` (LF).
+        generator: randomness for stochastic attacks (Gaussian, Mimic's start).
+    """
+
+    n: int
+    f: int
+    aggregator: Aggregator | None = None
+    lr: float = 1.0
+    params: Tensor | None = None
+    honest_loss: HonestLoss | None = None
+    flipped: Tensor | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.f < 0 or self.n - self.f < 1:
+            raise ValueError(f"need 0 <= f < n, got n={self.n}, f={self.f}")
+
+    @property
+    def h(self) -> int:
+        """Number of honest vectors ``n - f``."""
+        return self.n - self.f
+
+
+class Attack(ABC):
+    """A Byzantine strategy: ``attack(honest, ctx) -> a``, sent by all ``f`` Byzantine nodes.
+
+    ``honest`` is the ``(h, d)`` stack of honest vectors; the result is a ``(d,)``
+    tensor of the same dtype and device; ``honest`` is never modified.
+    ``metrics`` holds scalars describing the last call (possibly none).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    def __call__(self, honest: Tensor, ctx: AttackContext) -> Tensor:
+        if honest.ndim != 2 or honest.shape[0] != ctx.h:
+            raise ValueError(
+                f"{self.name}: expected the (h, d) = ({ctx.h}, d) honest vectors, got shape {tuple(honest.shape)}"
+            )
+        self.metrics = {}
+        return self._attack(honest, ctx)
+
+    @abstractmethod
+    def _attack(self, honest: Tensor, ctx: AttackContext) -> Tensor:
+        """The Byzantine vector for validated inputs."""
+
+    def reset(self) -> None:
+        """Forget state carried across rounds (no-op for stateless attacks)."""

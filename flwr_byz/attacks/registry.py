@@ -1,0 +1,32 @@
+"""Attack names users type, and ``get_attack`` to build one."""
+
+from __future__ import annotations
+
+import inspect
+
+from .base import Attack
+from .closed_form import ALittleIsEnough, FallOfEmpires, Gaussian, Inf, LabelFlip, SignFlip
+from .jump import Jump
+from .mimic import Mimic
+from .minmax import MinMax, MinSum
+
+ATTACKS: dict[str, type[Attack]] = {
+    cls.name: cls
+    for cls in (SignFlip, FallOfEmpires, ALittleIsEnough, LabelFlip, Mimic, MinMax, MinSum, Jump, Gaussian, Inf)
+}
+
+
+def get_attack(name: str, **params: object) -> Attack:
+    """Build the attack called ``name`` (case-insensitive) with hyper-parameters ``params``.
+
+    Raises ``ValueError`` for an unknown name or parameter, listing the valid ones.
+    """
+    cls = ATTACKS.get(name.lower())
+    if cls is None:
+        raise ValueError(f"unknown attack {name!r}; valid: {sorted(ATTACKS)}")
+    spec = inspect.signature(cls).parameters
+    valid = [p.name for p in spec.values() if p.kind is not p.VAR_KEYWORD]
+    unknown = sorted(set(params) - set(valid))
+    if unknown and len(valid) == len(spec):  # classes taking **kwargs check their own
+        raise ValueError(f"{cls.name}: unknown parameters {unknown}; valid: {valid}")
+    return cls(**params)  # type: ignore[arg-type]

@@ -1,0 +1,24 @@
+"""Learning tasks (model, data, loss, paper hyper-parameters), partitioning and the honest worker step.
+
+Pure torch + numpy + flwr_datasets; no Flower import.
+"""
+
+from flwr_byz.tasks.datasets import DatasetNotFoundError
+from flwr_byz.tasks.partition import partition
+from flwr_byz.tasks.task import TASKS, Task, get_task, prepare
+from flwr_byz.tasks.worker import WorkerConfig, WorkerStep, lr_at, sample_batch, seeded_generator, worker_step
+
+__all__ = [
+    "TASKS",
+    "DatasetNotFoundError",
+    "Task",
+    "WorkerConfig",
+    "WorkerStep",
+    "get_task",
+    "lr_at",
+    "partition",
+    "prepare",
+    "sample_batch",
+    "seeded_generator",
+    "worker_step",
+]

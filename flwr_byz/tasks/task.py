@@ -1,0 +1,142 @@
+"""Learning tasks: a model, its data, its loss, and the paper's D-SGD hyper-parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from flwr_byz.flat import FlatLayout
+from flwr_byz.tasks import datasets, models
+
+
+@dataclass(frozen=True)
+class Task:
+    """A learning task.
+
+    ``defaults`` holds the paper's hyper-parameters: ``lr`` (a schedule for
+    :func:`flwr_byz.tasks.worker.lr_at`), ``batch_size``, ``clip`` (``C``, ``None`` for
+    no clipping), ``l2``, ``rounds`` (``T``) and ``momentum`` (``beta``).
+    ``num_classes`` is 0 for a task that is not a classifier (toy2d).
+    """
+
+    name: str
+    dataset: str
+    make_model: Callable[[], nn.Module]
+    num_classes: int
+    defaults: dict[str, Any] = field(default_factory=dict)
+    criterion: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+    hflip: bool = False
+
+    def build_model(self) -> nn.Module:
+        """A fresh model, initialised from torch's global RNG (seed it for determinism)."""
+        return self.make_model()
+
+    def load(self, split: str, data_dir: str | os.PathLike[str] | None = None) -> tuple[Tensor, Tensor]:
+        """The full ``split`` as ``(x, y)`` tensors; shared and cached, treat them as read-only."""
+        return datasets.load(self.dataset, split, data_dir)
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """Mean loss of ``model`` on the batch ``(x, y)``, in the model's current mode."""
+        return self.criterion(model(x), y)
+
+    def augment(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Training augmentation: each image flipped horizontally w.p. 1/2 if ``hflip``, else ``x``."""
+        if not self.hflip:
+            return x
+        flip = torch.rand(len(x), generator=generator).to(x.device) < 0.5
+        return torch.where(flip.view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)
+
+    def evaluate(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> tuple[float, float]:
+        """``(mean loss, accuracy)`` on ``(x, y)`` in eval mode (accuracy is NaN for non-classifiers)."""
+        was_training = model.training
+        model.eval()
+        total, correct = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                out = model(x[i : i + batch_size])
+                yb = y[i : i + batch_size]
+                total += self.criterion(out, yb).item() * len(yb)
+                if self.num_classes:
+                    correct += int((out.argmax(-1) == yb).sum())
+        model.train(was_training)
+        return total / len(x), (correct / len(x) if self.num_classes else math.nan)
+
+    def batched_loss(self, model: nn.Module, flat: Tensor, x: Tensor, y: Tensor, batch_size: int = 1024) -> Tensor:
+        """Eval-mode losses ``(L(theta_1), ..., L(theta_k))`` on ``(x, y)`` of ``flat`` ``(k, d)``.
+
+        ``theta_j`` fills the floating entries of ``model.state_dict()`` (``FlatLayout``
+        order, BatchNorm statistics included); integer buffers come from ``model``.
+        All ``k`` models run at once (``torch.func.vmap``), ``batch_size`` examples at a
+        time; ``L`` is the mean of ``criterion`` over the examples. Differentiable in ``flat``.
+        """
+        layout = FlatLayout.of(model.state_dict())
+        entries = layout.unflatten(flat)
+        was_training = model.training
+        model.eval()
+
+        def one(state: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
+            return self.criterion(functional_call(model, state, (xb,)), yb)
+
+        batched = torch.func.vmap(one, in_dims=(0, None, None))
+        total = torch.zeros(flat.shape[0], dtype=flat.dtype, device=flat.device)
+        for i in range(0, len(x), batch_size):
+            yb = y[i : i + batch_size]
+            total = total + batched(entries, x[i : i + batch_size], yb).to(total) * len(yb)
+        model.train(was_training)
+        return total / len(x)
+
+
+_TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task(
+            "toy2d", "toy2d", models.Toy2d, num_classes=0, criterion=models.toy_loss,
+            defaults={"lr": 1.2, "batch_size": 1, "clip": None, "l2": 0.0, "rounds": 100, "momentum": 0.0},
+        ),
+        Task(
+            "mnist", "mnist", models.mnist_cnn, num_classes=10,
+            defaults={"lr": 0.1, "batch_size": 32, "clip": 2.0, "l2": 1e-4, "rounds": 800, "momentum": 0.9},
+        ),
+        Task(
+            "mnist-logreg", "mnist", models.mnist_logreg, num_classes=10,
+            defaults={"lr": 0.7, "batch_size": 32, "clip": 2.0, "l2": 0.0, "rounds": 640, "momentum": 0.9},
+        ),
+        Task(
+            "fashion-mnist", "fashion-mnist", models.mnist_cnn, num_classes=10,
+            defaults={"lr": 0.1, "batch_size": 32, "clip": 2.0, "l2": 1e-4, "rounds": 800, "momentum": 0.9},
+        ),
+        Task(
+            "cifar10", "cifar10", models.cifar_cnn, num_classes=10, hflip=True,
+            defaults={
+                "lr": ((1, 0.25), (1001, 0.025)), "batch_size": 64, "clip": 5.0, "l2": 1e-2, "rounds": 1500,
+                "momentum": 0.9,
+            },
+        ),
+    )
+}  # fmt: skip
+TASKS: tuple[str, ...] = tuple(_TASKS)
+
+
+def get_task(name: str, **params: Any) -> Task:
+    """Task ``name`` (one of :data:`TASKS`) with ``params`` overriding its ``defaults``."""
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
+    task = _TASKS[name]
+    unknown = sorted(set(params) - set(task.defaults))
+    if unknown:
+        raise ValueError(f"unknown parameters {unknown} for task {name!r}; valid: {', '.join(task.defaults)}")
+    return dataclasses.replace(task, defaults={**task.defaults, **params})
+
+
+def prepare(name: str, data_dir: str | os.PathLike[str] | None = None, download: bool = False) -> str:
+    """Make the data of task ``name`` available locally; a one-line summary (see ``datasets.prepare``)."""
+    return datasets.prepare(get_task(name).dataset, data_dir, download)

@@ -1,0 +1,135 @@
+"""The honest worker of Robust D-SGD with local momentum, as a pure function.
+
+Both the Flower client and the in-process engine call :func:`worker_step`, so the
+two cannot drift apart. Round ``t`` of honest node ``i`` (paper, Table 2;
+Karimireddy et al., 2021; Farhadkhani et al., 2022):
+
+    g_t = grad L_i(theta_t; batch_t) + l2 * theta_t
+    g_t <- g_t * min(1, C / ||g_t||)                   (clipping, if C is set)
+    m_t = beta * m_{t-1} + (1 - beta) * g_t,  m_0 = 0
+
+and the node sends ``m_t``; the Flower client returns ``theta_t - gamma_t * m_t`` on
+the trainable entries (and its model's updated BatchNorm statistics on the others).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from flwr_byz.flat import FlatLayout
+
+if TYPE_CHECKING:
+    from flwr_byz.tasks.task import Task
+
+LrSchedule = float | Sequence[tuple[int, float]]
+
+
+def lr_at(round: int, schedule: LrSchedule) -> float:
+    """Step size ``gamma_t`` of (1-based) round ``t``.
+
+    ``schedule`` is a constant, or piecewise-constant ``(first_round, lr)`` pairs in
+    increasing order: ``((1, 0.25), (1001, 0.025))`` is 0.25 for t <= 1000, then 0.025.
+    """
+    if round < 1:
+        raise ValueError(f"rounds start at 1, got {round}")
+    if isinstance(schedule, (int, float)):
+        return float(schedule)
+    if not schedule or schedule[0][0] != 1:
+        raise ValueError(f"a schedule is (first_round, lr) pairs starting at round 1, got {schedule!r}")
+    return float([lr for start, lr in schedule if start <= round][-1])
+
+
+def derived_seed(*parts: object) -> int:
+    """A 63-bit seed hashed from ``parts`` (e.g. seed, node, round, stream), stable across processes."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def seeded_generator(*parts: object) -> torch.Generator:
+    """A CPU generator seeded with :func:`derived_seed` of ``parts``."""
+    return torch.Generator().manual_seed(derived_seed(*parts))
+
+
+def sample_batch(num_examples: int, batch_size: int, seed: int, node: int, round: int) -> Tensor:
+    """``min(batch_size, num_examples)`` distinct indices in ``[0, num_examples)``.
+
+    A pure function of ``(seed, node, round)``: the same triple gives the same batch.
+    """
+    if num_examples < 1 or batch_size < 1:
+        raise ValueError(f"need num_examples >= 1 and batch_size >= 1, got {num_examples}, {batch_size}")
+    gen = seeded_generator(seed, node, round, "batch")
+    return torch.randperm(num_examples, generator=gen)[:batch_size]
+
+
+@dataclass(frozen=True)
+class WorkerStep:
+    """Result of :func:`worker_step`: new momentum ``m_t`` (flat float32), batch loss, batch size."""
+
+    momentum: Tensor
+    loss: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Hyper-parameters of the honest step: batch size ``b``, ``l2``, clip ``C``, momentum ``beta``."""
+
+    batch_size: int
+    l2: float = 0.0
+    clip: float | None = None
+    momentum: float = 0.0
+
+    @classmethod
+    def for_task(cls, task: Task, **overrides: float | int | None) -> WorkerConfig:
+        """The task's paper defaults, with ``overrides``."""
+        d = {k: task.defaults[k] for k in ("batch_size", "l2", "clip", "momentum")}
+        return cls(**{**d, **overrides})  # type: ignore[arg-type]
+
+
+def worker_step(
+    task: Task,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    momentum: Tensor | None,
+    cfg: WorkerConfig,
+    seed: int,
+    node: int,
+    round: int,
+) -> WorkerStep:
+    """One honest step on local data ``(x, y)``: the new momentum ``m_t`` (flat, float32), the loss
+    of the batch before the step and the batch size.
+
+    ``momentum`` is ``m_{t-1}`` (``None`` for ``m_0 = 0``). The flat vectors follow
+    ``FlatLayout.of(model.state_dict())``; entries that are not trainable parameters
+    (BatchNorm running statistics) get gradient 0. The batch, its augmentation and
+    the dropout masks depend only on ``(seed, node, round)``; the caller's RNG is left
+    alone. The model is put in train mode and its BatchNorm statistics move with the
+    forward pass; nothing else is changed. Label flipping calls this with transformed
+    labels, e.g. ``num_classes - 1 - y``.
+    """
+    idx = sample_batch(len(x), cfg.batch_size, seed, node, round).to(x.device)
+    xb = task.augment(x[idx], seeded_generator(seed, node, round, "augment"))
+    model.train()
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(derived_seed(seed, node, round, "dropout"))  # dropout masks, without touching the caller's RNG
+        loss = task.loss(model, xb, y[idx])
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    state = model.state_dict()
+    layout = FlatLayout.of(state)
+    parts = {k: torch.zeros_like(v) for k, v in state.items() if k in layout.names}
+    with torch.no_grad():
+        for (k, p), grad in zip(params.items(), grads):
+            parts[k] = (grad if grad is not None else torch.zeros_like(p)) + cfg.l2 * p
+        g = layout.flatten(parts, torch.float32)
+        if cfg.clip is not None:
+            g = g * min(1.0, cfg.clip / max(g.norm().item(), 1e-12))
+        m = (1 - cfg.momentum) * g if momentum is None else cfg.momentum * momentum.to(g) + (1 - cfg.momentum) * g
+    return WorkerStep(m, loss.item(), len(idx))

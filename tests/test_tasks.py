@@ -1,0 +1,176 @@
+"""Tasks: registry, paper architectures, losses, evaluation and the batched honest-loss oracle."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from flwr_byz.flat import FlatLayout
+from flwr_byz.tasks import TASKS, get_task
+from flwr_byz.tasks.models import Toy2d
+
+Z = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
+B = torch.tensor([0.8, 1.2])
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_registry_names_and_errors() -> None:
+    assert TASKS == ("toy2d", "mnist", "mnist-logreg", "fashion-mnist", "cifar10")
+    with pytest.raises(ValueError, match="valid: toy2d, mnist, mnist-logreg, fashion-mnist, cifar10"):
+        get_task("imagenet")
+    with pytest.raises(ValueError, match=r"unknown parameters \['lrr'\].*batch_size"):
+        get_task("mnist", lrr=0.1)
+
+
+def test_overrides_do_not_leak_into_registry() -> None:
+    assert get_task("mnist", lr=0.05, batch_size=8).defaults["lr"] == 0.05
+    assert get_task("mnist").defaults == {
+        "lr": 0.1, "batch_size": 32, "clip": 2.0, "l2": 1e-4, "rounds": 800, "momentum": 0.9,
+    }  # fmt: skip
+
+
+def test_paper_defaults() -> None:
+    cifar = get_task("cifar10").defaults
+    assert (cifar["batch_size"], cifar["clip"], cifar["l2"], cifar["rounds"]) == (64, 5.0, 1e-2, 1500)
+    logreg = get_task("mnist-logreg").defaults
+    assert (logreg["lr"], logreg["rounds"], logreg["l2"], logreg["momentum"]) == (0.7, 640, 0.0, 0.9)
+    assert get_task("toy2d").defaults["lr"] == 1.2
+
+
+def test_mnist_cnn_architecture() -> None:
+    model = get_task("mnist").build_model()
+    assert n_params(model) == 1_199_882
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    assert shapes == [(32, 1, 3, 3), (32,), (64, 32, 3, 3), (64,), (128, 9216), (128,), (10, 128), (10,)]
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.25, 0.5]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert n_params(get_task("fashion-mnist").build_model()) == 1_199_882
+
+
+def test_cifar_cnn_architecture() -> None:
+    model = get_task("cifar10").build_model()
+    assert isinstance(model, nn.Sequential)
+    # convs 1792 + 36928 + 73856 + 147584, BN affine 2 * (64 + 64 + 128 + 128), L 8192*128+128, L 1290
+    assert n_params(model) == 1_310_922
+    kinds = "".join({nn.Conv2d: "C", nn.ReLU: "R", nn.BatchNorm2d: "B", nn.MaxPool2d: "M", nn.Dropout: "D",
+                     nn.Linear: "L", nn.Flatten: ""}[type(m)] for m in model)  # fmt: skip
+    assert kinds == "CRBCRBMDCRBCRBMDLRDL"
+    assert [m.p for m in model if isinstance(m, nn.Dropout)] == [0.25, 0.25, 0.25]
+    layout = FlatLayout.of(model.state_dict())
+    assert layout.numel == 1_310_922 + 2 * (64 + 64 + 128 + 128)  # + BN running mean and var
+    model.eval()
+    assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 10)
+
+
+def test_logreg_and_toy_models() -> None:
+    logreg = get_task("mnist-logreg").build_model()
+    assert n_params(logreg) == 7_850
+    assert logreg(torch.zeros(4, 1, 28, 28)).shape == (4, 10)
+    toy = get_task("toy2d").build_model()
+    assert isinstance(toy, Toy2d)
+    assert torch.equal(toy.theta.detach(), torch.tensor([1.75, -0.2]))
+
+
+def test_build_model_is_seeded() -> None:
+    task = get_task("mnist-logreg")
+    torch.manual_seed(3)
+    a = task.build_model().state_dict()
+    torch.manual_seed(3)
+    b = task.build_model().state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_toy2d_data_and_analytic_gradient() -> None:
+    task = get_task("toy2d")
+    for split in ("train", "test"):
+        x, y = task.load(split)
+        assert torch.equal(x, Z) and torch.equal(y, B)
+    model = task.build_model()
+    assert isinstance(model, Toy2d)
+    theta = model.theta.detach().clone()
+    for i in range(2):
+        loss = task.loss(model, Z[i : i + 1], B[i : i + 1])
+        (grad,) = torch.autograd.grad(loss, [model.theta])
+        e = math.exp(-float(((theta - Z[i]) ** 2).sum()))
+        assert loss.item() == pytest.approx(1 - B[i].item() * e)
+        # dL_i/dtheta = 2 b_i exp(-||theta - z_i||^2) (theta - z_i)
+        torch.testing.assert_close(grad, 2 * B[i] * e * (theta - Z[i]))
+
+
+def test_evaluate_loss_accuracy_and_mode() -> None:
+    task = get_task("mnist-logreg")
+    model = task.build_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    x, y = torch.randn(50, 1, 28, 28), torch.arange(50) % 10
+    model.train()
+    loss, acc = task.evaluate(model, x, y, batch_size=7)
+    assert loss == pytest.approx(math.log(10)) and acc == pytest.approx(0.1)  # ties: argmax is class 0
+    assert model.training
+    loss, acc = get_task("toy2d").evaluate(get_task("toy2d").build_model(), Z, B)
+    assert math.isnan(acc) and loss > 0
+
+
+def test_augment_flips_cifar_only() -> None:
+    x = torch.randn(64, 3, 32, 32)
+    x0 = x.clone()
+    assert get_task("mnist").augment(x, torch.Generator().manual_seed(0)) is x
+    cifar = get_task("cifar10")
+    out = cifar.augment(x, torch.Generator().manual_seed(0))
+    flipped = torch.tensor([torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x)])
+    kept = torch.tensor([torch.equal(o, xi) for o, xi in zip(out, x)])
+    assert torch.all(flipped ^ kept) and 10 < int(flipped.sum()) < 54
+    assert torch.equal(out, cifar.augment(x, torch.Generator().manual_seed(0)))
+    assert torch.equal(x, x0)
+
+
+def _loop_losses(task_name: str, model: nn.Module, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list:
+    task = get_task(task_name)
+    layout = FlatLayout.of(model.state_dict())
+    out = []
+    for vec in flat:
+        clone = task.build_model()
+        state = model.state_dict()
+        state.update(layout.unflatten(vec))
+        clone.load_state_dict(state)
+        clone.eval()
+        with torch.no_grad():
+            out.append(task.loss(clone, x, y).item())
+    return out
+
+
+@pytest.mark.parametrize(("name", "shape"), [("mnist-logreg", (1, 28, 28)), ("cifar10", (3, 32, 32)), ("toy2d", (2,))])
+def test_batched_loss_matches_loop(name: str, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    task = get_task(name)
+    model = task.build_model()
+    x = torch.randn(10, *shape)
+    y = torch.randint(0, 10, (10,)) if task.num_classes else torch.rand(10)
+    model.train()
+    with torch.no_grad():
+        model(x)  # move BatchNorm statistics away from their init
+    layout = FlatLayout.of(model.state_dict())
+    flat = layout.flatten(model.state_dict()) + 0.05 * torch.randn(3, layout.numel)
+    got = task.batched_loss(model, flat, x, y, batch_size=4)
+    assert got.shape == (3,)
+    torch.testing.assert_close(got.tolist(), _loop_losses(name, model, flat, x, y), rtol=1e-5, atol=1e-5)
+    assert model.training
+
+
+def test_batched_loss_toy2d_is_the_honest_loss_and_differentiable() -> None:
+    task = get_task("toy2d")
+    thetas = torch.tensor([[1.75, -0.2], [1.0, 0.0], [-1.0, 0.0]], requires_grad=True)
+    got = task.batched_loss(task.build_model(), thetas, Z, B)
+    d2 = ((thetas[:, None, :] - Z[None]) ** 2).sum(-1)
+    want = (1 - B * torch.exp(-d2)).mean(-1)  # L_H = (L_1 + L_2) / 2
+    torch.testing.assert_close(got, want)
+    (g,) = torch.autograd.grad(got.sum(), thetas)
+    (g_want,) = torch.autograd.grad(want.sum(), thetas)
+    torch.testing.assert_close(g, g_want)
