@@ -9,7 +9,8 @@ aggregator ``get_aggregator(spec, f, **params)`` is applied to one tensor
 
 * ``ms/call``: median wall time of ``--repeat`` calls after one warm-up call.
 * ``x mean``: that time divided by the time of a plain ``torch.mean(x, dim=0)``
-  over the same tensor, measured in the same run the same way.
+  over the same tensor, measured in the same run: one baseline call before each
+  timed call of every spec, and the median of all those baseline calls.
 * ``peak extra / input``: each spec is run once more in a fresh subprocess
   (``tracemalloc`` does not see torch's allocations). The subprocess builds
   ``x``, warms the rule up on a tiny tensor, reads its current RSS, makes one
@@ -22,6 +23,8 @@ aggregator ``get_aggregator(spec, f, **params)`` is applied to one tensor
   ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, an upper bound. Anything
   above ``--mem-limit`` (4x by default) is flagged with ``!``: GM and Krum
   should stay O(n*d + n^2), i.e. a small constant multiple of the input.
+  RSS moves in pages and allocator arenas, so the ratio only means something
+  for inputs of tens of MiB (the default is 84 MiB).
 
 Run it from the repository root::
 
@@ -64,15 +67,22 @@ def make_input(n: int, d: int) -> torch.Tensor:
     return torch.randn(n, d, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
 
 
-def time_ms(fn, x: torch.Tensor, repeat: int) -> float:
-    """Median milliseconds per call over ``repeat`` calls, after one warm-up call."""
+def timed_ms(fn, x: torch.Tensor) -> float:
+    start = time.perf_counter()
     fn(x)
-    times = []
+    return 1e3 * (time.perf_counter() - start)
+
+
+def time_against(fn, baseline, x: torch.Tensor, repeat: int) -> tuple[list[float], list[float]]:
+    """Times in ms of ``repeat`` calls of ``fn`` and of ``baseline``, alternated call by call
+    after one warm-up of each, so both see the same machine load."""
+    fn(x)
+    baseline(x)
+    fn_ms, base_ms = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        base_ms.append(timed_ms(baseline, x))
+        fn_ms.append(timed_ms(fn, x))
+    return fn_ms, base_ms
 
 
 def ru_maxrss_bytes() -> int:
@@ -163,12 +173,13 @@ def main() -> None:
     )
 
     baseline = lambda t: torch.mean(t, dim=0)  # noqa: E731
-    mean_ms = time_ms(baseline, x, args.repeat)
-    rows = []
+    rows, base_samples = [], []
     for spec in specs:
-        rows.append((spec, time_ms(aggregators[spec], x, args.repeat)))
-    # Re-measure the baseline at the end and keep the faster, so drift cannot flatter the ratios.
-    mean_ms = min(mean_ms, time_ms(baseline, x, args.repeat))
+        spec_ms, base_ms = time_against(aggregators[spec], baseline, x, args.repeat)
+        rows.append((spec, statistics.median(spec_ms)))
+        base_samples += base_ms
+    # One baseline for the whole table: the median of all its calls, spread over the run.
+    mean_ms = statistics.median(base_samples)
     del x
 
     memory: dict[str, float | None] = {}
@@ -192,9 +203,13 @@ def main() -> None:
     print(f"{'torch.mean':<{width}} | {mean_ms:>9.1f} | {1.0:>7.2f} | {mem_cell('torch.mean')}")
     for spec, ms in rows:
         print(f"{spec:<{width}} | {ms:>9.1f} | {ms / mean_ms:>7.2f} | {mem_cell(spec)}")
+    print(
+        f"\ntorch.mean baseline: median of {len(base_samples)} calls, "
+        f"range {min(base_samples):.1f}-{max(base_samples):.1f} ms (a wide range means a busy machine)"
+    )
     if not args.no_memory:
         flagged = [s for s in specs if memory.get(s) is not None and memory[s] / input_bytes > args.mem_limit]
-        print(f"\n! = peak extra memory above {args.mem_limit:g}x the input: {', '.join(flagged) or 'none'}")
+        print(f"! = peak extra memory above {args.mem_limit:g}x the input: {', '.join(flagged) or 'none'}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .tasks import WorkerConfig
+from .aggregation import get_aggregator
+from .attacks import ATTACKS
+from .tasks import TASKS, WorkerConfig
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,18 @@ class RunSettings:
     jump_loss_size: int = 1024
     results_dir: str = ""
     data_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
+        if self.attack != "none" and self.attack not in ATTACKS:
+            raise ValueError(f"unknown attack {self.attack!r}; valid: none, {', '.join(ATTACKS)}")
+        get_aggregator(self.aggregation, self.num_byzantine)  # unknown names fail here, naming the valid ones
+        for name in ("rounds", "batch_size", "eval_every", "jump_loss_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> RunSettings:

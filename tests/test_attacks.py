@@ -52,7 +52,7 @@ def test_label_flip_returns_a_copy_of_ctx_flipped() -> None:
     assert torch.equal(out, flipped.double()) and out.dtype == torch.float64
     out.zero_()
     assert torch.equal(flipped, torch.tensor([7.0, -1.0]))
-    with pytest.raises(ValueError, match="ctx.flipped is missing"):
+    with pytest.raises(ValueError, match=r"ctx\.flipped is missing"):
         get_attack("lf")(HONEST, CTX)
     with pytest.raises(ValueError, match="shape"):
         get_attack("lf")(HONEST, AttackContext(n=5, f=2, flipped=torch.zeros(3)))
@@ -137,6 +137,27 @@ def test_mimic_warmup_then_top_direction() -> None:
     assert torch.equal(attack(honest, ctx), honest[0])
 
 
+def test_mimic_state_round_trips_through_state_dict() -> None:
+    # A Flower node may run each round in another process: the state must carry everything.
+    gen = torch.Generator().manual_seed(1)
+    rounds = [torch.randn(5, 4, generator=gen) for _ in range(4)]
+    def ctx() -> AttackContext:
+        return AttackContext(n=7, f=2, generator=torch.Generator().manual_seed(0))
+
+    steady = get_attack("mimic", warmup=2)
+    moved = get_attack("mimic", warmup=2)
+    for honest in rounds:
+        expected = steady(honest, ctx())
+        fresh = get_attack("mimic", warmup=2)
+        fresh.load_state_dict(moved.state_dict())
+        assert torch.equal(fresh(honest, ctx()), expected)
+        assert torch.equal(fresh.z, steady.z)  # type: ignore[attr-defined]
+        moved = fresh
+    with pytest.raises(ValueError, match="stateless"):
+        get_attack("sf").load_state_dict({"t": torch.tensor(1)})
+    assert get_attack("sf").state_dict() == {}
+
+
 def test_get_attack_names_and_errors() -> None:
     assert set(ATTACKS) == {"sf", "foe", "alie", "lf", "mimic", "minmax", "minsum", "jump", "gaussian", "inf"}
     assert get_attack("SF").name == "sf"
@@ -187,4 +208,4 @@ def test_no_input_mutation_and_dtype_kept(name: str, dtype: torch.dtype) -> None
     )
     out = get_attack(name)(honest, ctx)
     assert out.shape == (4,) and out.dtype == dtype
-    assert all(torch.equal(a, b) for a, b in zip((honest, params, flipped), before))
+    assert all(torch.equal(a, b) for a, b in zip((honest, params, flipped), before, strict=True))

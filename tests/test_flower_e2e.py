@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import torch
 
 from conftest import ROOT
 from flwr_byz.experiments.results import read_run
@@ -34,3 +35,24 @@ def test_paper_app_trains_and_writes_results(launcher, tmp_path):
     assert settings["rounds"] == 4 and [r["round"] for r in rows] == [0, 2, 4]
     assert rows[-1]["robust-received"] == 4 and rows[-1]["robust-excluded"] == 0
     assert rows[-1]["test-accuracy"] > rows[0]["test-accuracy"] + 0.2
+
+
+def test_adversary_hook_around_a_flower_builtin_feeds_byzantine_nodes_the_honest_updates(launcher, tmp_path):
+    """3 honest + 1 Byzantine node, Flower's FedMedian wrapped in OmniscientAdversary, SF attack.
+
+    SF sends a = -mean(honest pseudo-gradients), so the Byzantine reply must be exactly
+    theta + gamma * gbar of the honest replies the strategy aggregated in the same round.
+    """
+    out = launcher.run(ROOT / "tests/apps/probe", {"results-dir": str(tmp_path)}, num_supernodes=4)
+    assert out.ok, out.output[-3000:]
+    probe = torch.load(tmp_path / "probe.pt")
+    assert len(probe["byzantine"]) == 1
+    for server_round, seen in probe["rounds"].items():
+        replies = dict(seen["replies"])
+        assert len(seen["replies"]) == 4 == len(replies)  # n replies, one per node
+        theta, gamma = seen["theta"], 0.5
+        honest = torch.stack([(theta - v) / gamma for k, v in replies.items() if k not in probe["byzantine"]])
+        assert honest.shape[0] == 3
+        byzantine = replies[probe["byzantine"][0]]
+        torch.testing.assert_close(byzantine, theta + gamma * honest.mean(0), rtol=0, atol=1e-6)
+        assert set(probe["metrics"][server_round]) == {"train-loss"}

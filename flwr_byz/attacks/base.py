@@ -83,3 +83,16 @@ class Attack(ABC):
 
     def reset(self) -> None:
         """Forget state carried across rounds (no-op for stateless attacks)."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """State carried across rounds, as tensors (empty for stateless attacks).
+
+        A Flower node keeps it in ``context.state`` between rounds, since a node's
+        calls may run in different worker processes.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{self.name} is stateless, got state keys {sorted(state)}")

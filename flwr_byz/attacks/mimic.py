@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import Attack, AttackContext
+from .closed_form import standard_normal
 
 
 class Mimic(Attack):
@@ -41,6 +42,15 @@ class Mimic(Attack):
         self.mu: Tensor | None = None
         self.z: Tensor | None = None
 
+    def state_dict(self) -> dict[str, Tensor]:
+        if self.mu is None or self.z is None:
+            return {"t": torch.tensor(self.t)}
+        return {"t": torch.tensor(self.t), "mu": self.mu, "z": self.z}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.t = int(state["t"])
+        self.mu, self.z = state.get("mu"), state.get("z")
+
     def _attack(self, honest: Tensor, ctx: AttackContext) -> Tensor:
         if self.t < self.warmup:
             self._learn(honest, ctx.generator)
@@ -57,7 +67,7 @@ class Mimic(Attack):
         gbar = honest.mean(0)
         if self.mu is None or self.z is None:
             self.mu = gbar
-            z = torch.randn(honest.shape[1], generator=generator, dtype=honest.dtype, device=honest.device)
+            z = standard_normal(honest, generator)
             self.z = z / z.norm()
         else:
             self.mu = (t * self.mu + gbar) / (t + 1)

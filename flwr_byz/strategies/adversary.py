@@ -49,10 +49,10 @@ def defended_rule(strategy: Strategy, n: int) -> DefendedRule:
         return DefendedRule("cm", 0)
     if isinstance(strategy, FedTrimmedAvg):
         return DefendedRule("tm", int(strategy.beta * n))
-    if isinstance(strategy, MultiKrum):
-        return DefendedRule("multikrum", strategy.num_malicious_nodes, {"select": strategy.num_nodes_to_select})
     if isinstance(strategy, Krum):
         return DefendedRule("krum", strategy.num_malicious_nodes)
+    if isinstance(strategy, MultiKrum):
+        return DefendedRule("multikrum", strategy.num_malicious_nodes, {"select": strategy.num_nodes_to_select})
     if type(strategy) is FedAvg:
         return DefendedRule("mean", 0)
     hint = " (Bulyan has no flwr_byz equivalent yet)" if isinstance(strategy, Bulyan) else ""

@@ -1,0 +1,59 @@
+"""Tables and plots of results files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .results import read_run
+
+
+def summary_row(path: Path) -> dict[str, Any]:
+    """Final, best and worst test accuracy of one results file, with its settings."""
+    settings, rows = read_run(path)
+    accuracies = [r["test-accuracy"] for r in rows if r.get("test-accuracy") is not None]
+    return {
+        "task": settings["task"], "aggregation": settings["aggregation"], "attack": settings["attack"],
+        "f": settings["num-byzantine"], "alpha": settings["alpha"], "seed": settings["seed"],
+        "rounds": rows[-1]["round"] if rows else 0,
+        "final": accuracies[-1] if accuracies else float("nan"),
+        "max": max(accuracies, default=float("nan")), "min": min(accuracies, default=float("nan")),
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """An aligned text table of summary rows (accuracies in percent)."""
+    header = ["task", "aggregation", "attack", "f", "alpha", "seed", "rounds", "final acc", "max acc"]
+    lines = [header] + [
+        [str(r["task"]), str(r["aggregation"]), str(r["attack"]), str(r["f"]), f"{r['alpha']:g}", str(r["seed"]),
+         str(r["rounds"]), f"{100 * r['final']:.1f}", f"{100 * r['max']:.1f}"]
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines]
+    return "\n".join([text[0], "  ".join("-" * w for w in widths), *text[1:]])
+
+
+def plot_accuracy(paths: list[Path], out: Path, title: str = "") -> Path:
+    """Test accuracy against round, one line per results file, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for path in paths:
+        settings, rows = read_run(path)
+        points = [(r["round"], 100 * r["test-accuracy"]) for r in rows if r.get("test-accuracy") is not None]
+        ax.plot(*zip(*points), label=f"{settings['attack']}", linewidth=1.6)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(title="attack")
+    ax.set_title(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

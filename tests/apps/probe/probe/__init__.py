@@ -1,0 +1,1 @@
+"""Probe app for the adversary hook tests."""

@@ -1,0 +1,50 @@
+"""FedMedian (a Flower built-in) wrapped in OmniscientAdversary; saves what it aggregated."""
+
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedMedian
+
+from flwr_byz.config import RunSettings
+from flwr_byz.flat import FlatLayout
+from flwr_byz.serverapp import wait_for_nodes
+from flwr_byz.strategies import OmniscientAdversary
+from flwr_byz.tasks import get_task
+
+app = ServerApp()
+
+
+class RecordingFedMedian(FedMedian):
+    """FedMedian that keeps, per round, the global model and every reply it aggregates."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seen: dict[int, dict] = {}
+
+    def configure_train(self, server_round, arrays, config, grid):
+        state = arrays.to_torch_state_dict()
+        self.seen[server_round] = {"theta": FlatLayout.of(state).flatten(state), "replies": []}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        for reply in replies:
+            state = reply.content["arrays"].to_torch_state_dict()
+            self.seen[server_round]["replies"].append((reply.metadata.src_node_id, FlatLayout.of(state).flatten(state)))
+        return super().aggregate_train(server_round, replies)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = RunSettings.from_run_config(context.run_config)
+    n = wait_for_nodes(grid)
+    strategy = RecordingFedMedian(fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
+    adversary = OmniscientAdversary(strategy, seed=settings.seed)
+    model = get_task(settings.task).build_model()
+    adversary.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=settings.rounds,
+                    train_config=ConfigRecord({"lr": settings.lr}))
+    torch.save({"rounds": strategy.seen, "byzantine": sorted(adversary.byzantine or ()),
+                "metrics": {k: dict(v) for k, v in adversary.train_metrics.items()}},
+               Path(settings.results_dir) / "probe.pt")
