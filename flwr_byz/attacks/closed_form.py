@@ -15,6 +15,12 @@ from torch import Tensor
 from .base import Attack, AttackContext
 
 
+def standard_normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``N(0, I_d)`` for ``d = like.shape[-1]``, drawn on ``generator``'s device, returned on ``like``'s."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape[-1], generator=generator, dtype=like.dtype, device=device).to(like.device)
+
+
 class SignFlip(Attack):
     """Sign flipping (Allen-Zhu et al. 2021): ``a = -gbar``."""
 
@@ -101,10 +107,7 @@ class Gaussian(Attack):
         self.sigma = sigma
 
     def _attack(self, honest: Tensor, ctx: AttackContext) -> Tensor:
-        noise = torch.randn(
-            honest.shape[1], generator=ctx.generator, dtype=honest.dtype, device=honest.device
-        )
-        return honest.mean(0) + self.sigma * noise
+        return honest.mean(0) + self.sigma * standard_normal(honest, ctx.generator)
 
 
 class Inf(Attack):

@@ -36,7 +36,7 @@ class DistanceBounded(Attack):
         super().__init__()
         if perturbation not in PERTURBATIONS:
             raise ValueError(f"{self.name}: perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
-        if not (0 < tol and 0 <= eta_max < float("inf")):
+        if not (tol > 0 and 0 <= eta_max < float("inf")):
             raise ValueError(f"{self.name}: need tol > 0 and finite eta_max >= 0, got tol={tol}, eta_max={eta_max}")
         self.perturbation = perturbation
         self.eta_max = eta_max

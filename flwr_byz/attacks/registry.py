@@ -29,4 +29,4 @@ def get_attack(name: str, **params: object) -> Attack:
     unknown = sorted(set(params) - set(valid))
     if unknown and len(valid) == len(spec):  # classes taking **kwargs check their own
         raise ValueError(f"{cls.name}: unknown parameters {unknown}; valid: {valid}")
-    return cls(**params)  # type: ignore[arg-type]
+    return cls(**params)
