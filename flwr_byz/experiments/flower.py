@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,17 +54,17 @@ class RunOutcome:
 
 
 class FlowerLauncher:
-    """Runs apps on a private local SuperLink rooted at ``home``."""
+    """Runs apps on a private local SuperLink rooted at ``home`` (Ray's files in a short /tmp dir)."""
 
     def __init__(self, home: Path) -> None:
         self.home = Path(home).resolve()
         self.home.mkdir(parents=True, exist_ok=True)
         self.http_port, self.control_port = free_port(), free_port()
+        # Ray's socket paths must stay under 107 bytes: keep its temp dir short.
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="flwr-byz-ray-", dir="/tmp"))
 
     @property
     def env(self) -> dict[str, str]:
-        ray_tmp = self.home / "ray"
-        ray_tmp.mkdir(exist_ok=True)
         bin_dir = str(Path(sys.executable).parent)
         return {
             **os.environ,
@@ -71,7 +73,7 @@ class FlowerLauncher:
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.http_port),
             "FLWR_LOCAL_CONTROL_API_PORT": str(self.control_port),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "RAY_TMPDIR": str(ray_tmp),
+            "RAY_TMPDIR": str(self.ray_tmp),
         }
 
     def run(
@@ -137,6 +139,7 @@ class FlowerLauncher:
                     os.kill(int(proc.name), signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
     def __enter__(self) -> FlowerLauncher:
         return self
