@@ -41,16 +41,17 @@ def plot_accuracy(paths: list[Path], out: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for path in paths:
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    colors = plt.get_cmap("tab10" if len(paths) <= 10 else "tab20").colors
+    for i, path in enumerate(paths):
         settings, rows = read_run(path)
         points = [(r["round"], 100 * r["test-accuracy"]) for r in rows if r.get("test-accuracy") is not None]
-        ax.plot(*zip(*points), label=f"{settings['attack']}", linewidth=1.6)
+        ax.plot(*zip(*points), label=f"{settings['attack']}", linewidth=1.6, color=colors[i % len(colors)])
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(title="attack")
+    ax.legend(title="attack", loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

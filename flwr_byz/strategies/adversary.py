@@ -112,29 +112,33 @@ class OmniscientAdversary(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         honest = list(replies)
-        attacks = self._attack(server_round, honest) if self.attack and self._byzantine_messages else []
+        attacks: list[Message] = []
+        usable: list[Message] = []
+        if self._byzantine_messages:
+            instruction = self._byzantine_messages[0].content
+            global_arrays = next(iter(instruction.array_records.values()))
+            usable = screen_replies(honest, global_arrays, "num-examples").valid
+            if self.attack and usable:
+                attacks = self._attack(server_round, usable, instruction)
         everything = honest + attacks
         self.rng.shuffle(everything)
         arrays, metrics = self.strategy.aggregate_train(server_round, everything)
-        self.train_metrics[server_round] = self._metrics(honest, attacks, metrics)
+        self.train_metrics[server_round] = self._metrics(usable or honest, attacks, metrics)
         return arrays, self.train_metrics[server_round]
 
-    def _attack(self, server_round: int, honest: list[Message]) -> list[Message]:
-        """Send ``train.attack`` to the sampled Byzantine nodes; their successful replies."""
+    def _attack(self, server_round: int, honest: list[Message], instruction: RecordDict) -> list[Message]:
+        """Send ``train.attack`` to the sampled Byzantine nodes; their successful replies.
+
+        ``honest`` are the screened honest replies, ``instruction`` the content the wrapped
+        strategy meant for the Byzantine nodes (global model and config).
+        """
         assert self._grid is not None
-        template = self._byzantine_messages[0].content
-        global_arrays = next(iter(template.array_records.values()))
-        config = next(iter(template.config_records.values()), ConfigRecord())
+        global_arrays = next(iter(instruction.array_records.values()))
+        config = next(iter(instruction.config_records.values()), ConfigRecord())
         gamma = float(config.get("lr", 1.0))
-        usable = screen_replies(honest, global_arrays, "num-examples").valid or [
-            r for r in honest if not r.has_error()
-        ]
-        if not usable:
-            log(WARNING, "Adversary: no usable honest reply in round %d, Byzantine nodes stay silent", server_round)
-            return []
-        records = [to_tensors(next(iter(r.content.array_records.values()))) for r in usable]
+        records = [to_tensors(next(iter(r.content.array_records.values()))) for r in honest]
         _, gradients, _ = pseudo_gradients(to_tensors(global_arrays), records, gamma)
-        n = len(usable) + len(self._byzantine_messages)
+        n = len(honest) + len(self._byzantine_messages)
         rule = self.defended or defended_rule(self.strategy, n)
         attack_config = ConfigRecord({
             **dict(config.items()), "server-round": server_round, "lr": gamma, "server-lr": rule.server_lr,
@@ -145,7 +149,7 @@ class OmniscientAdversary(Strategy):
             "arrays": global_arrays,
             "config": attack_config,
             "honest": ArrayRecord({"gradients": Array(gradients.numpy())}),
-            "metrics": _mean_metrics(usable),
+            "metrics": _mean_metrics(honest),
         })
         messages = [Message(content, dst_node_id=m.metadata.dst_node_id, message_type=ATTACK_TYPE)
                     for m in self._byzantine_messages]
@@ -158,7 +162,10 @@ class OmniscientAdversary(Strategy):
     def _metrics(self, honest: list[Message], attacks: list[Message], inner: MetricRecord | None) -> MetricRecord:
         """Honest-only training metrics, the attack's metrics and the inner strategy's own extras."""
         valid = [r.content for r in honest if not r.has_error() and len(r.content.metric_records) == 1]
-        metrics = aggregate_metricrecords(valid, "num-examples") if valid else MetricRecord()
+        try:
+            metrics = aggregate_metricrecords(valid, "num-examples") if valid else MetricRecord()
+        except (KeyError, TypeError):  # replies without the weight key: no honest metrics
+            metrics = MetricRecord()
         for key, value in (inner or {}).items():
             if key.startswith("robust-"):
                 metrics[key] = value

@@ -1,0 +1,112 @@
+"""Per-round cost of the paper app under `flwr run`: compute vs framework overhead, and peak memory.
+
+    python benchmarks/bench_flower_round.py [--task mnist] [--nodes 15] [--short 3] [--long 8]
+
+* wall per round: two runs of ``--short`` and ``--long`` rounds; their difference divided by the
+  extra rounds removes start-up (SuperLink, Ray, imports, first-round warm-up).
+* compute per round: the same work in this process, with no Flower: the n - f honest
+  ``worker_step`` calls the clients make plus the server's robust aggregation, timed over a few rounds.
+* overhead = wall - compute, reported as a ratio of compute. Both runs use the same machine, so
+  the ratio is meaningful even when absolute times are noisy.
+* peak memory: the largest rise of the machine's used memory (MemTotal - MemAvailable) during the
+  long run, over what was used just before it, sampled every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from flwr_byz.aggregation import get_aggregator
+from flwr_byz.clients.nodes import honest_partitions
+from flwr_byz.config import RunSettings
+from flwr_byz.experiments.flower import FlowerLauncher
+from flwr_byz.tasks import worker_step
+
+APP = Path(__file__).resolve().parents[1] / "simulations" / "paper"
+
+
+def used_memory() -> int:
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return (int(info["MemTotal"].split()[0]) - int(info["MemAvailable"].split()[0])) * 1024
+
+
+class PeakMemory:
+    """Largest rise of the machine's used memory while the context is open."""
+
+    def __enter__(self) -> PeakMemory:
+        self.base = self.peak = used_memory()
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, used_memory())
+            time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = False
+        self.thread.join()
+
+    @property
+    def rise(self) -> int:
+        return self.peak - self.base
+
+
+def compute_per_round(settings: RunSettings, nodes: int, rounds: int = 3) -> float:
+    """Seconds per round of the honest steps and the aggregation, in this process."""
+    h = nodes - settings.num_byzantine
+    task, x, y, parts = honest_partitions(settings, h)
+    data = [(x[torch.as_tensor(p)], y[torch.as_tensor(p)]) for p in parts]
+    aggregator = get_aggregator(settings.aggregation, settings.num_byzantine)
+    torch.manual_seed(0)
+    model = task.build_model()
+    momentum: list[torch.Tensor | None] = [None] * h
+    worker_step(task, model, *data[0], None, settings.worker(), 0, 0, 1)  # warm-up
+    start = time.perf_counter()
+    for t in range(1, rounds + 1):
+        for i, (xi, yi) in enumerate(data):
+            momentum[i] = worker_step(task, model, xi, yi, momentum[i], settings.worker(), 0, i, t).momentum
+        aggregator(torch.stack([m for m in momentum if m is not None]))
+    return (time.perf_counter() - start) / rounds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="mnist")
+    parser.add_argument("--nodes", type=int, default=15)
+    parser.add_argument("--short", type=int, default=3)
+    parser.add_argument("--long", type=int, default=8)
+    args = parser.parse_args()
+    base = {"task": args.task, "attack": "none", "eval-every": 10**6, "eval-size": 100}
+
+    walls = {}
+    with tempfile.TemporaryDirectory() as tmp, FlowerLauncher(Path(tmp) / "home") as launcher:
+        for rounds in (args.short, args.long):
+            config = {**base, "rounds": rounds, "results-dir": tmp}
+            with PeakMemory() as memory:
+                start = time.perf_counter()
+                outcome = launcher.run(APP, config, num_supernodes=args.nodes)
+                walls[rounds] = time.perf_counter() - start
+            if not outcome.ok:
+                raise SystemExit(f"run failed ({outcome.status}):\n{outcome.output[-2000:]}")
+    wall = (walls[args.long] - walls[args.short]) / (args.long - args.short)
+    compute = compute_per_round(RunSettings.from_run_config(base), args.nodes)
+    overhead = wall - compute
+    print(f"{args.task}, {args.nodes} nodes ({args.nodes - 3} honest), CPU, torch threads {torch.get_num_threads()}")
+    print(f"runs: {args.short} rounds {walls[args.short]:.1f} s, {args.long} rounds {walls[args.long]:.1f} s")
+    print(f"{'wall per round':<28}{wall * 1000:>10.0f} ms")
+    print(f"{'compute per round':<28}{compute * 1000:>10.0f} ms   (honest steps + aggregation, no Flower)")
+    print(f"{'framework overhead':<28}{overhead * 1000:>10.0f} ms   = {overhead / compute:.2f} x compute")
+    print(f"{'peak memory of the long run':<28}{memory.rise / 2**20:>10.0f} MiB  (rise of used memory)")
+
+
+if __name__ == "__main__":
+    main()
