@@ -50,7 +50,7 @@ import torch
 from flwr_byz.aggregation import get_aggregator
 
 DEFAULT_SPECS = (
-    "mean,cm,tm,gm,krum,multikrum,nnm+cm,nnm+tm,nnm+gm,nnm+krum,bucketing+nnm+cm,clipping+cm"
+    "mean,cm,tm,gm,krum,multikrum,bulyan,cc,nnm+cm,nnm+tm,nnm+gm,nnm+krum,bucketing+nnm+cm,clipping+cm"
 )
 # Parameters a spec needs beyond ``f`` (given only to specs with that stage).
 STAGE_PARAMS = {"clipping": {"c": 1.0}}

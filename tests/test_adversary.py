@@ -14,12 +14,13 @@ from flwr_byz.strategies import DefendedRule, RobustStrategy, defended_rule
     (Krum(num_malicious_nodes=2), DefendedRule("krum", 2)),
     (MultiKrum(num_malicious_nodes=2, num_nodes_to_select=4), DefendedRule("multikrum", 2, {"select": 4})),
     (FedAvg(), DefendedRule("mean", 0)),
+    (Bulyan(num_malicious_nodes=1), DefendedRule("bulyan", 1, {"selection": "multikrum"})),
 ])
 def test_flower_builtins_map_to_their_rules(strategy, expected):
     assert defended_rule(strategy, n=10) == expected
 
 
-@pytest.mark.parametrize("strategy", [Bulyan(num_malicious_nodes=1), FedProx()])
+@pytest.mark.parametrize("strategy", [Bulyan(num_malicious_nodes=1, selection_rule=lambda r, f, k: r[:k]), FedProx()])
 def test_unknown_defences_need_an_explicit_rule(strategy):
     with pytest.raises(ValueError, match="pass defended=DefendedRule"):
         defended_rule(strategy, n=10)

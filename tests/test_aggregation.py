@@ -5,8 +5,13 @@ import torch
 
 from flwr_byz.aggregation import RULES, get_aggregator, pairwise_sq_distances
 
-ROBUST_SPECS = ["mean", "cm", "tm", "gm", "krum", "multikrum", "nnm+cm", "nnm+tm", "nnm+gm", "nnm+krum",
-                "clipping+cm"]
+ROBUST_SPECS = ["mean", "cm", "tm", "gm", "krum", "multikrum", "bulyan", "cc", "nnm+cm", "nnm+tm", "nnm+gm",
+                "nnm+krum", "nnm+bulyan", "clipping+cm"]
+
+
+def f_for(spec):
+    """f = 2 for the 9-vector property tests, 1 where the rule needs n >= 4f + 3 (Bulyan)."""
+    return 1 if "bulyan" in spec else 2
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -109,6 +114,21 @@ def test_bucketing_is_seeded_and_shares_its_permutation_across_the_batch():
     assert torch.equal(batch[0], batch[1]) and torch.equal(batch[0], a)
 
 
+def test_bulyan_selects_by_krum_then_averages_the_values_closest_to_the_median():
+    # theta = 5 selections leave out +-100; median of {0, 1, 2, 3.5, 4} is 2; the beta = 3 closest: 1, 2, 3.5
+    x = t([[0], [1], [2], [3.5], [4], [100], [-100]])
+    assert torch.allclose(get_aggregator("bulyan", 1)(x), t([13 / 6]))
+    assert torch.allclose(get_aggregator("bulyan", 1, selection="multikrum")(x), t([13 / 6]))
+    with pytest.raises(ValueError, match=r"BULYAN needs n >= 4f \+ 3, got n=6, f=1"):
+        get_aggregator("bulyan", 1, n=6)
+
+
+def test_centered_clipping_one_step_from_zero():
+    # clip_1((3, 4)) = (0.6, 0.8), (0.3, 0.4) is inside the ball: v = their mean
+    out = get_aggregator("cc", 0, tau=1.0, iterations=1, start="zero")(t([[3, 4], [0.3, 0.4]]))
+    assert torch.allclose(out, t([0.45, 0.6]))
+
+
 def test_pairwise_distances_exact():
     d = pairwise_sq_distances(t([[[0, 0], [3, 4], [0, 1]]]))[0]
     assert torch.allclose(d, t([[0, 25, 1], [25, 0, 18], [1, 18, 0]]))
@@ -118,30 +138,30 @@ def test_pairwise_distances_exact():
 @pytest.mark.parametrize("spec", ROBUST_SPECS)
 def test_permutation_invariance(spec):
     x = torch.randn(9, 6, dtype=torch.float64)
-    agg = get_aggregator(spec, 2)
+    agg = get_aggregator(spec, f_for(spec))
     assert torch.allclose(agg(x), agg(x[torch.randperm(9)]), atol=1e-12)
 
 
-@pytest.mark.parametrize("spec", ["mean", "cm", "tm", "krum", "multikrum", "nnm+cm", "nnm+tm", "nnm+krum"])
+@pytest.mark.parametrize("spec", ["mean", "cm", "tm", "krum", "multikrum", "bulyan", "nnm+cm", "nnm+tm", "nnm+krum"])
 @pytest.mark.parametrize("scale", [0.01, 3.0])
 def test_positive_homogeneity(spec, scale):
     x = torch.randn(9, 6, dtype=torch.float64)
-    agg = get_aggregator(spec, 2)
+    agg = get_aggregator(spec, f_for(spec))
     assert torch.allclose(agg(scale * x), scale * agg(x), atol=1e-12)
 
 
-@pytest.mark.parametrize("spec", ["mean", "cm", "tm", "krum", "multikrum", "nnm+cm", "nnm+gm"])
+@pytest.mark.parametrize("spec", ["mean", "cm", "tm", "krum", "multikrum", "bulyan", "cc", "nnm+cm", "nnm+gm"])
 def test_translation_equivariance(spec):
     x = torch.randn(9, 6, dtype=torch.float64)
     shift = 5 * torch.randn(6, dtype=torch.float64)
-    agg = get_aggregator(spec, 2, **({"start": "mean"} if spec.endswith("gm") else {}))
+    agg = get_aggregator(spec, f_for(spec), **({"start": "mean"} if spec.endswith("gm") else {}))
     assert torch.allclose(agg(x + shift), agg(x) + shift, atol=1e-9)
 
 
 @pytest.mark.parametrize("spec", ROBUST_SPECS)
 def test_batch_equals_loop(spec):
     x = torch.randn(4, 9, 6, dtype=torch.float64)
-    agg = get_aggregator(spec, 2)
+    agg = get_aggregator(spec, f_for(spec))
     batched = agg(x)
     assert batched.shape == (4, 6)
     assert torch.allclose(batched, torch.stack([agg(xi) for xi in x]), atol=1e-12)
@@ -167,9 +187,9 @@ def test_coordinatewise_rules_stay_in_the_honest_range(spec, magnitude):
     assert (out >= honest.min(0).values - 1e-9).all() and (out <= honest.max(0).values + 1e-9).all()
 
 
-@pytest.mark.parametrize("spec", ["krum", "nnm+krum", "multikrum"])
+@pytest.mark.parametrize("spec", ["krum", "nnm+krum", "multikrum", "bulyan"])
 def test_krum_ignores_far_outliers(spec):
-    honest = torch.randn(7, 5, dtype=torch.float64)
+    honest = torch.randn(12, 5, dtype=torch.float64)
     byz = 1e6 + torch.randn(3, 5, dtype=torch.float64)
     out = get_aggregator(spec, 3)(torch.cat([honest, byz]))
     lo, hi = honest.min(0).values, honest.max(0).values

@@ -7,6 +7,8 @@
 
 from .base import PreAggregator, Rule, pairwise_sq_distances
 from .bucketing import Bucketing
+from .bulyan import Bulyan
+from .centered_clipping import CenteredClipping
 from .clipping import StaticClipping
 from .geometric_median import GeometricMedian
 from .krum import Krum, MultiKrum
@@ -19,6 +21,8 @@ from .trimmed_mean import TrimmedMean
 __all__ = [
     "Aggregation",
     "Bucketing",
+    "Bulyan",
+    "CenteredClipping",
     "CoordinateMedian",
     "GeometricMedian",
     "Krum",

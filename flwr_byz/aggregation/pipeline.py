@@ -9,6 +9,8 @@ from torch import Tensor
 
 from .base import PreAggregator, Rule, Stage, as_batch
 from .bucketing import Bucketing
+from .bulyan import Bulyan
+from .centered_clipping import CenteredClipping
 from .clipping import StaticClipping
 from .geometric_median import GeometricMedian
 from .krum import Krum, MultiKrum
@@ -18,7 +20,8 @@ from .nnm import NearestNeighborMixing
 from .trimmed_mean import TrimmedMean
 
 RULES: dict[str, type[Rule]] = {
-    cls.name: cls for cls in (Mean, CoordinateMedian, TrimmedMean, GeometricMedian, Krum, MultiKrum)
+    cls.name: cls
+    for cls in (Mean, CoordinateMedian, TrimmedMean, GeometricMedian, Krum, MultiKrum, Bulyan, CenteredClipping)
 }
 PRE_AGGREGATORS: dict[str, type[PreAggregator]] = {
     cls.name: cls for cls in (NearestNeighborMixing, Bucketing, StaticClipping)
@@ -80,7 +83,7 @@ def _accepted(cls: type[Stage]) -> set[str]:
 def get_aggregator(spec: str, f: int, n: int | None = None, **params: Any) -> Aggregation:
     """Build the aggregation named by ``spec`` for ``f`` Byzantine inputs.
 
-    ``spec`` is a rule (``mean, cm, tm, gm, krum, multikrum``) optionally preceded by
+    ``spec`` is a rule (``mean, cm, tm, gm, krum, multikrum, bulyan, cc``) optionally preceded by
     pre-aggregators (``nnm, bucketing, clipping``) joined with ``+``, e.g. ``"nnm+gm"``.
     Each keyword in ``params`` goes to every stage that accepts it (``nu`` to GM,
     ``s`` to bucketing, ...). If ``n`` is given, the preconditions are checked now.

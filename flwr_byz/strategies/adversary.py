@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Strategy,
 )
+from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from .records import to_tensors
@@ -40,7 +41,8 @@ def defended_rule(strategy: Strategy, n: int) -> DefendedRule:
     """The flwr_byz rule equivalent to ``strategy`` aggregating ``n`` replies.
 
     FedAvg = mean, FedMedian = CM, FedTrimmedAvg(beta) = TM trimming ``floor(beta n)``,
-    Krum / MultiKrum = original Krum (n - f - 2 neighbours) / MultiKrum.
+    Krum / MultiKrum = original Krum (n - f - 2 neighbours) / MultiKrum, Bulyan with its default
+    MultiKrum selection = Bulyan(selection="multikrum").
     """
     if isinstance(strategy, RobustStrategy):
         return DefendedRule(strategy.aggregator.spec, strategy.num_byzantine, strategy.aggregation_params,
@@ -53,11 +55,12 @@ def defended_rule(strategy: Strategy, n: int) -> DefendedRule:
         return DefendedRule("krum", strategy.num_malicious_nodes)
     if isinstance(strategy, MultiKrum):
         return DefendedRule("multikrum", strategy.num_malicious_nodes, {"select": strategy.num_nodes_to_select})
+    if isinstance(strategy, Bulyan) and strategy.selection_rule is select_multikrum:
+        return DefendedRule("bulyan", strategy.num_malicious_nodes, {"selection": "multikrum"})
     if type(strategy) is FedAvg:
         return DefendedRule("mean", 0)
-    hint = " (Bulyan has no flwr_byz equivalent yet)" if isinstance(strategy, Bulyan) else ""
     raise ValueError(
-        f"no known flwr_byz rule for {type(strategy).__name__}{hint}: pass "
+        f"no known flwr_byz rule for {type(strategy).__name__}: pass "
         f"defended=DefendedRule(spec, f) to OmniscientAdversary"
     )
 

@@ -1,0 +1,62 @@
+"""Bulyan (El Mhamdi et al., 2018)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Rule, pairwise_sq_distances
+from .median import CoordinateMedian
+
+SELECTIONS = ("krum", "multikrum")
+
+
+class Bulyan(Rule):
+    """Select ``theta = n - 2f`` vectors with Krum, then average, per coordinate, the
+    ``beta = theta - 2f`` selected values closest to their coordinate-wise median.
+
+    ``selection="krum"`` (the paper) applies Krum ``theta`` times, removing each winner;
+    ``"multikrum"`` (Flower's ``Bulyan`` default) takes the ``theta`` best Krum scores at once.
+    Krum scores over ``r`` candidates use ``max(1, r - f - 2)`` neighbours. Requires ``n >= 4f + 3``.
+    """
+
+    name = "bulyan"
+    requirement = "n >= 4f + 3"
+
+    def __init__(self, f: int, selection: str = "krum") -> None:
+        super().__init__(f)
+        if selection not in SELECTIONS:
+            raise ValueError(f"Bulyan selection must be one of {', '.join(SELECTIONS)}; got {selection!r}")
+        self.selection = selection
+
+    def min_n(self) -> int:
+        return 4 * self.f + 3
+
+    def _select(self, x: Tensor) -> Tensor:
+        """Indices ``(k, theta)`` of the selected vectors."""
+        k, n, _ = x.shape
+        theta = n - 2 * self.f
+        dist = pairwise_sq_distances(x) + torch.diag(x.new_full((n,), torch.inf))
+        if self.selection == "multikrum":
+            scores = dist.topk(max(1, n - self.f - 2), dim=-1, largest=False).values.sum(-1)
+            return scores.topk(theta, dim=-1, largest=False).indices
+        removed = torch.zeros(k, n, dtype=torch.bool, device=x.device)
+        chosen = []
+        for step in range(theta):
+            live = dist.masked_fill(removed.unsqueeze(-2), torch.inf)
+            scores = live.topk(max(1, n - step - self.f - 2), dim=-1, largest=False).values.sum(-1)
+            best = scores.masked_fill(removed, torch.inf).argmin(dim=-1)
+            chosen.append(best)
+            removed[torch.arange(k, device=x.device), best] = True
+        return torch.stack(chosen, dim=-1)
+
+    def _apply(self, x: Tensor) -> Tensor:
+        beta = x.shape[-2] - 4 * self.f
+        idx = self._select(x)
+        selected = x.gather(-2, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        median = CoordinateMedian(0)._apply(selected)
+        closest = (selected - median.unsqueeze(-2)).abs().topk(beta, dim=-2, largest=False).indices
+        return selected.gather(-2, closest).mean(dim=-2)
+
+    def __repr__(self) -> str:
+        return f"Bulyan(f={self.f}, selection={self.selection!r})"

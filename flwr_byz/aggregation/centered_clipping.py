@@ -1,0 +1,51 @@
+"""Centered clipping (Karimireddy et al., 2021)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Rule
+from .median import CoordinateMedian
+
+STARTS = ("zero", "mean", "median")
+
+
+class CenteredClipping(Rule):
+    """``v <- v + (1/n) sum_i (x_i - v) * min(1, tau / ||x_i - v||)``, ``iterations`` times from ``start``.
+
+    The original starts from the previous round's aggregate; this stateless form starts from
+    ``zero``, the ``mean`` or the coordinate-wise ``median`` (default). Requires ``n > 2f``.
+    """
+
+    name = "cc"
+    requirement = "n > 2f"
+
+    def __init__(self, f: int, tau: float = 1.0, iterations: int = 3, start: str = "median") -> None:
+        super().__init__(f)
+        if not tau > 0:
+            raise ValueError(f"CC needs tau > 0, got tau={tau}")
+        if iterations < 1:
+            raise ValueError(f"CC needs iterations >= 1, got {iterations}")
+        if start not in STARTS:
+            raise ValueError(f"CC start must be one of {', '.join(STARTS)}; got {start!r}")
+        self.tau, self.iterations, self.start = tau, iterations, start
+
+    def min_n(self) -> int:
+        return 2 * self.f + 1
+
+    def _apply(self, x: Tensor) -> Tensor:
+        if self.start == "zero":
+            v = x.new_zeros(x.shape[0], x.shape[-1])
+        elif self.start == "mean":
+            v = x.mean(dim=-2)
+        else:
+            v = CoordinateMedian(0)._apply(x)
+        for _ in range(self.iterations):
+            diff = x - v.unsqueeze(-2)
+            norms = torch.linalg.vector_norm(diff, dim=-1, keepdim=True)
+            v = v + (diff * (self.tau / norms.clamp_min(self.tau))).mean(dim=-2)
+        return v
+
+    def __repr__(self) -> str:
+        return f"CenteredClipping(f={self.f}, tau={self.tau}, iterations={self.iterations}, start={self.start!r})"
