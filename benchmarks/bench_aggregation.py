@@ -56,6 +56,17 @@ DEFAULT_SPECS = (
 STAGE_PARAMS = {"clipping": {"c": 1.0}}
 
 
+def f_for(spec: str, f: int, n: int) -> int:
+    """``f``, lowered to the largest value the spec accepts for ``n`` inputs (Bulyan needs n >= 4f + 3)."""
+    while f > 0:
+        try:
+            get_aggregator(spec, f, n=n, **params_for(spec))
+            return f
+        except ValueError:
+            f -= 1
+    return f
+
+
 def params_for(spec: str) -> dict:
     params: dict = {}
     for stage in spec.split("+"):
@@ -125,7 +136,9 @@ def peak_rss_bytes(reset: bool) -> int:
 
 def memory_probe(spec: str, n: int, d: int, f: int) -> None:
     """Subprocess body: print the peak RSS increase of one call, in bytes, as JSON."""
-    agg = (lambda x: torch.mean(x, dim=0)) if spec == "torch.mean" else get_aggregator(spec, f, **params_for(spec))
+    agg = (lambda x: torch.mean(x, dim=0)) if spec == "torch.mean" else get_aggregator(
+        spec, f_for(spec, f, n), **params_for(spec)
+    )
     agg(make_input(n, 64))  # load kernels, thread pools, lazy imports
     x = make_input(n, d)
     reset = reset_peak_rss()
@@ -164,7 +177,12 @@ def main() -> None:
         return
 
     specs = [s.strip() for s in args.specs.split(",") if s.strip()]
-    aggregators = {spec: get_aggregator(spec, args.f, n=args.n, **params_for(spec)) for spec in specs}
+    aggregators = {
+        spec: get_aggregator(spec, f_for(spec, args.f, args.n), n=args.n, **params_for(spec)) for spec in specs
+    }
+    for spec, agg in aggregators.items():
+        if agg.f != args.f:
+            print(f"note: {spec} runs with f={agg.f}, the largest it accepts for n={args.n}")
     x = make_input(args.n, args.d)
     input_bytes = x.numel() * x.element_size()
     print(
