@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--f", type=int, default=3, help="number of Byzantine nodes")
     p.add_argument("--nodes", type=int, default=15, help="n, all nodes (n - f honest)")
     p.add_argument("--alpha", type=float, default=0.1, help="Dirichlet heterogeneity (<= 0: IID)")
-    p.add_argument("--rounds", type=int, default=150)
+    p.add_argument("--rounds", type=int, default=200)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--eval-size", type=int, default=2000)
