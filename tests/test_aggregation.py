@@ -79,6 +79,14 @@ def test_krum_variant_uses_n_minus_f_minus_1_neighbours():
     assert torch.equal(get_aggregator("krum", 1, neighbors="n-f-1")(POINTS), t([2]))
 
 
+def test_krum_breaks_the_mutual_nearest_neighbour_tie_the_same_way_in_any_order():
+    # one neighbour (n=3, f=1, variant): 0 and 1 both score 1; total distances 26 vs 17 pick 1
+    x = t([[0], [1], [5]])
+    agg = get_aggregator("krum", 1, neighbors="n-f-1")
+    for perm in ([0, 1, 2], [1, 0, 2], [2, 1, 0], [2, 0, 1], [0, 2, 1], [1, 2, 0]):
+        assert torch.equal(agg(x[perm]), t([1]))
+
+
 def test_multikrum_averages_the_best_scores():
     assert torch.equal(get_aggregator("multikrum", 1, neighbors="n-f-1", select=2)(POINTS), t([1.5]))
     # default select = n - f = 4 drops the worst score (x_4 = 11)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import Rule, pairwise_sq_distances
+from .krum import krum_order
 from .median import CoordinateMedian
 
 SELECTIONS = ("krum", "multikrum")
@@ -38,16 +39,14 @@ class Bulyan(Rule):
         theta = n - 2 * self.f
         dist = pairwise_sq_distances(x) + torch.diag(x.new_full((n,), torch.inf))
         if self.selection == "multikrum":
-            scores = dist.topk(max(1, n - self.f - 2), dim=-1, largest=False).values.sum(-1)
-            return scores.topk(theta, dim=-1, largest=False).indices
-        removed = torch.zeros(k, n, dtype=torch.bool, device=x.device)
+            return krum_order(dist, max(1, n - self.f - 2))[..., :theta]
+        alive = torch.ones(k, n, dtype=torch.bool, device=x.device)
         chosen = []
         for step in range(theta):
-            live = dist.masked_fill(removed.unsqueeze(-2), torch.inf)
-            scores = live.topk(max(1, n - step - self.f - 2), dim=-1, largest=False).values.sum(-1)
-            best = scores.masked_fill(removed, torch.inf).argmin(dim=-1)
+            live = dist.masked_fill(~alive.unsqueeze(-2), torch.inf)
+            best = krum_order(live, max(1, n - step - self.f - 2), alive)[..., 0]
             chosen.append(best)
-            removed[torch.arange(k, device=x.device), best] = True
+            alive[torch.arange(k, device=x.device), best] = False
         return torch.stack(chosen, dim=-1)
 
     def _apply(self, x: Tensor) -> Tensor:

@@ -10,6 +10,26 @@ from .base import Rule, pairwise_sq_distances
 NEIGHBORS = ("n-f-2", "n-f-1")
 
 
+def krum_order(dist: Tensor, m: int, alive: Tensor | None = None) -> Tensor:
+    """Indices ``(k, n)`` of the vectors, lowest Krum score first.
+
+    ``dist`` holds squared distances with ``inf`` on the diagonal and in the columns of
+    vectors no longer ``alive`` (``(k, n)`` mask; those rows come last). A score sums the
+    ``m`` smallest distances of a row. Mutual nearest neighbours share a score by
+    construction, so scores within 1e-9 (relative) are ordered by the total squared
+    distance to the other live vectors: the order, hence the rule, is permutation invariant.
+    """
+    scores = dist.topk(m, dim=-1, largest=False).values.sum(dim=-1)
+    spread = dist.masked_fill(dist.isinf(), 0.0).sum(dim=-1)
+    if alive is not None:
+        scores = scores.masked_fill(~alive, torch.inf)
+    finite = scores.isfinite()
+    unit = scores.masked_fill(~finite, 0.0).abs().amax(dim=-1, keepdim=True).clamp_min(1e-300) * 1e-9
+    coarse = torch.where(finite, torch.round(scores / unit), torch.inf)
+    by_spread = spread.argsort(dim=-1, stable=True)
+    return by_spread.gather(-1, coarse.gather(-1, by_spread).argsort(dim=-1, stable=True))
+
+
 class Krum(Rule):
     """Output the vector with the lowest score ``s_i = sum_{j in N_i} ||x_i - x_j||^2``,
 
@@ -56,14 +76,19 @@ class Krum(Rule):
 
     def scores(self, x: Tensor) -> Tensor:
         """Krum scores ``(k, n)`` of a ``(k, n, d)`` batch."""
-        n = x.shape[-2]
+        return self._distances(x).topk(self._num_neighbors(x.shape[-2]), dim=-1, largest=False).values.sum(dim=-1)
+
+    def order(self, x: Tensor) -> Tensor:
+        """Indices ``(k, n)`` of a ``(k, n, d)`` batch, best Krum score first (see :func:`krum_order`)."""
+        return krum_order(self._distances(x), self._num_neighbors(x.shape[-2]))
+
+    @staticmethod
+    def _distances(x: Tensor) -> Tensor:
         dist = pairwise_sq_distances(x)
-        dist = dist + torch.diag(dist.new_full((n,), torch.inf))
-        m = self._num_neighbors(n)
-        return dist.topk(m, dim=-1, largest=False).values.sum(dim=-1)
+        return dist + torch.diag(dist.new_full((x.shape[-2],), torch.inf))
 
     def _apply(self, x: Tensor) -> Tensor:
-        best = self.scores(x).argmin(dim=-1)
+        best = self.order(x)[..., 0]
         return x[torch.arange(x.shape[0], device=x.device), best]
 
     def __repr__(self) -> str:
@@ -87,5 +112,5 @@ class MultiKrum(Krum):
     def _apply(self, x: Tensor) -> Tensor:
         n = x.shape[-2]
         m = self.select or n - self.f
-        best = self.scores(x).topk(m, dim=-1, largest=False).indices
+        best = self.order(x)[..., :m]
         return x.gather(-2, best.unsqueeze(-1).expand(-1, -1, x.shape[-1])).mean(dim=-2)

@@ -15,9 +15,10 @@ app = ClientApp()
 
 @app.query("role")
 def role(msg: Message, context: Context) -> Message:
-    """Tell the adversary oracle whether this node is Byzantine."""
+    """Tell the adversary oracle whether this node is Byzantine, and its partition id (a stable rank)."""
     node = Role.of(context, RunSettings.from_run_config(context.run_config))
-    return Message(RecordDict({"role": MetricRecord({"byzantine": int(node.byzantine)})}), reply_to=msg)
+    record = MetricRecord({"byzantine": int(node.byzantine), "partition-id": node.partition_id})
+    return Message(RecordDict({"role": record}), reply_to=msg)
 
 
 @app.train()

@@ -73,7 +73,9 @@ class OmniscientAdversary(Strategy):
     global model, the step sizes and the defended rule go to the sampled Byzantine
     nodes in a ``train.attack`` message; all replies, shuffled, go to the wrapped
     strategy, which never learns who is who. Roles come from one ``query.role``
-    round. Training metrics are aggregated over honest replies only, plus the
+    round, which also ranks the nodes by partition id: replies reach the wrapped
+    strategy in a seeded shuffle of that order, so seeded runs are reproducible.
+    Training metrics are aggregated over honest replies only, plus the
     attack's metrics (``jump-lambda``, ...). With ``attack=False`` the Byzantine
     nodes stay silent: the defence runs on the honest replies alone (a baseline).
     """
@@ -83,6 +85,7 @@ class OmniscientAdversary(Strategy):
         self.strategy, self.defended, self.attack = strategy, defended, attack
         self.rng = random.Random(seed)
         self.byzantine: set[int] | None = None
+        self.rank: dict[int, int] = {}
         self._grid: Grid | None = None
         self._byzantine_messages: list[Message] = []
         self.train_metrics: dict[int, MetricRecord] = {}
@@ -97,7 +100,9 @@ class OmniscientAdversary(Strategy):
             failed = [r.metadata.src_node_id for r in replies if r.has_error()]
             if failed or len(replies) != len(nodes):
                 raise RuntimeError(f"role discovery failed for nodes {failed or 'that did not answer'}")
-            self.byzantine = {r.metadata.src_node_id for r in replies if r.content["role"]["byzantine"]}
+            roles = {r.metadata.src_node_id: r.content["role"] for r in replies}
+            self.byzantine = {node for node, role in roles.items() if role["byzantine"]}
+            self.rank = {node: int(role.get("partition-id", node)) for node, role in roles.items()}
             log(INFO, "Adversary: %d Byzantine of %d nodes", len(self.byzantine), len(nodes))
         return self.byzantine
 
@@ -114,7 +119,7 @@ class OmniscientAdversary(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        honest = list(replies)
+        honest = self._in_rank_order(replies)
         attacks: list[Message] = []
         usable: list[Message] = []
         if self._byzantine_messages:
@@ -123,11 +128,16 @@ class OmniscientAdversary(Strategy):
             usable = screen_replies(honest, global_arrays, "num-examples").valid
             if self.attack and usable:
                 attacks = self._attack(server_round, usable, instruction)
-        everything = honest + attacks
+        everything = honest + self._in_rank_order(attacks)
         self.rng.shuffle(everything)
         arrays, metrics = self.strategy.aggregate_train(server_round, everything)
         self.train_metrics[server_round] = self._metrics(usable or honest, attacks, metrics)
         return arrays, self.train_metrics[server_round]
+
+    def _in_rank_order(self, replies: Iterable[Message]) -> list[Message]:
+        """Replies sorted by the nodes' partition ids, not by arrival: a seeded run is
+        reproducible bit for bit although floating-point sums depend on order."""
+        return sorted(replies, key=lambda r: (self.rank.get(r.metadata.src_node_id, 1 << 62), r.metadata.src_node_id))
 
     def _attack(self, server_round: int, honest: list[Message], instruction: RecordDict) -> list[Message]:
         """Send ``train.attack`` to the sampled Byzantine nodes; their successful replies.
