@@ -5,16 +5,20 @@
 * wall per round: two runs of ``--short`` and ``--long`` rounds; their difference divided by the
   extra rounds removes start-up (SuperLink, Ray, imports, first-round warm-up).
 * compute per round: the same work in this process, with no Flower: the n - f honest
-  ``worker_step`` calls the clients make plus the server's robust aggregation, timed over a few rounds.
+  ``worker_step`` calls the clients make (one torch thread each, spread over as many parallel
+  workers as Flower's Ray backend runs: one per core at ``num-cpus=1`` per client) plus the
+  server's robust aggregation, timed over a few rounds.
 * overhead = wall - compute, reported as a ratio of compute. Both runs use the same machine, so
   the ratio is meaningful even when absolute times are noisy.
-* peak memory: the largest rise of the machine's used memory (MemTotal - MemAvailable) during the
-  long run, over what was used just before it, sampled every 0.2 s.
+* peak memory: the largest total PSS (resident memory, shared pages split) of the run's processes (those whose
+  environment carries this run's ``FLWR_HOME``: SuperLink, ServerApp, Ray workers), sampled
+  every 0.2 s during the long run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import threading
 import time
@@ -31,16 +35,33 @@ from flwr_byz.tasks import worker_step
 APP = Path(__file__).resolve().parents[1] / "simulations" / "paper"
 
 
-def used_memory() -> int:
-    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-    return (int(info["MemTotal"].split()[0]) - int(info["MemAvailable"].split()[0])) * 1024
+def run_memory(marker: bytes) -> int:
+    """Total proportional set size (bytes: shared pages split among their users) of the
+    processes whose environment contains ``marker``."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker not in (proc / "environ").read_bytes():
+                continue
+            rollup = (proc / "smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 class PeakMemory:
-    """Largest rise of the machine's used memory while the context is open."""
+    """Largest total PSS of one run's processes while the context is open."""
+
+    def __init__(self, flwr_home: Path) -> None:
+        self.marker = f"FLWR_HOME={flwr_home}".encode()
+        self.peak = 0
 
     def __enter__(self) -> PeakMemory:
-        self.base = self.peak = used_memory()
         self.running = True
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
@@ -48,20 +69,17 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while self.running:
-            self.peak = max(self.peak, used_memory())
+            self.peak = max(self.peak, run_memory(self.marker))
             time.sleep(0.2)
 
     def __exit__(self, *exc: object) -> None:
         self.running = False
         self.thread.join()
 
-    @property
-    def rise(self) -> int:
-        return self.peak - self.base
-
 
 def compute_per_round(settings: RunSettings, nodes: int, rounds: int = 3) -> float:
-    """Seconds per round of the honest steps and the aggregation, in this process."""
+    """Seconds per round of the honest steps (one thread each, spread over the cores as Ray
+    spreads the clients) and the aggregation, in this process."""
     h = nodes - settings.num_byzantine
     task, x, y, parts = honest_partitions(settings, h)
     data = [(x[torch.as_tensor(p)], y[torch.as_tensor(p)]) for p in parts]
@@ -69,13 +87,19 @@ def compute_per_round(settings: RunSettings, nodes: int, rounds: int = 3) -> flo
     torch.manual_seed(0)
     model = task.build_model()
     momentum: list[torch.Tensor | None] = [None] * h
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     worker_step(task, model, *data[0], None, settings.worker(), 0, 0, 1)  # warm-up
     start = time.perf_counter()
     for t in range(1, rounds + 1):
         for i, (xi, yi) in enumerate(data):
             momentum[i] = worker_step(task, model, xi, yi, momentum[i], settings.worker(), 0, i, t).momentum
+    steps = (time.perf_counter() - start) / rounds
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    for _ in range(rounds):
         aggregator(torch.stack([m for m in momentum if m is not None]))
-    return (time.perf_counter() - start) / rounds
+    return steps / min(os.cpu_count() or 1, h) + (time.perf_counter() - start) / rounds
 
 
 def main() -> None:
@@ -91,7 +115,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, FlowerLauncher(Path(tmp) / "home") as launcher:
         for rounds in (args.short, args.long):
             config = {**base, "rounds": rounds, "results-dir": tmp}
-            with PeakMemory() as memory:
+            with PeakMemory(launcher.home) as memory:
                 start = time.perf_counter()
                 outcome = launcher.run(APP, config, num_supernodes=args.nodes)
                 walls[rounds] = time.perf_counter() - start
@@ -103,9 +127,9 @@ def main() -> None:
     print(f"{args.task}, {args.nodes} nodes ({args.nodes - 3} honest), CPU, torch threads {torch.get_num_threads()}")
     print(f"runs: {args.short} rounds {walls[args.short]:.1f} s, {args.long} rounds {walls[args.long]:.1f} s")
     print(f"{'wall per round':<28}{wall * 1000:>10.0f} ms")
-    print(f"{'compute per round':<28}{compute * 1000:>10.0f} ms   (honest steps + aggregation, no Flower)")
+    print(f"{'compute per round':<28}{compute * 1000:>10.0f} ms   (honest steps over {os.cpu_count()} cores + aggregation)")
     print(f"{'framework overhead':<28}{overhead * 1000:>10.0f} ms   = {overhead / compute:.2f} x compute")
-    print(f"{'peak memory of the long run':<28}{memory.rise / 2**20:>10.0f} MiB  (rise of used memory)")
+    print(f"{'peak memory of the long run':<28}{memory.peak / 2**20:>10.0f} MiB  (PSS of all its processes)")
 
 
 if __name__ == "__main__":
