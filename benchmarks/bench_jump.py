@@ -1,18 +1,25 @@
-"""Cost and damage of one JUMP step (global and Powell solvers) against SF, on MNIST-sized softmax regression.
+"""Wall time and damage of JUMP (global and Powell solvers) against SF, per Robust D-SGD training step.
 
-Data are random (784 features in [0, 1], labels from a random linear teacher),
-sharded by label over the honest workers. The model is first trained for
-``--warm`` honest D-SGD steps; then, at that model, we time one *attack step*:
+The paper's efficiency setting (Appendix A, Table 3): MNIST softmax regression
+(d = 7850), 12 honest workers + f = 3 Byzantine, label-Dirichlet heterogeneity
+``alpha``, batch 32, clipping 2, local momentum 0.9, lr 0.7. For each seed every
+run starts from the same model and partition and makes ``--steps`` full steps:
 
-    attack(honest, ctx)  +  one aggregation of the n vectors  +  one honest-loss evaluation
+    12 honest worker steps (``worker_step``)  +  the attack  +  one aggregation  +  the server update
 
-i.e. what a training step costs besides the honest gradients (for SF the
-attack itself is free, so its step is one aggregation plus one loss
-evaluation). Reported: median milliseconds per step, the ratio to SF's step,
-the lambdas JUMP scored, and the damage: the honest loss ``L_H`` (on
-``--samples`` points) after the step.
+The attack sees an ``L_H`` oracle on ``--samples`` fresh training points per
+step (``samples / 12`` from each honest partition, as the Flower client draws
+them). Reported per aggregator and attack, averaged over the seeds: the median
+ms of a step and its ratio to SF's; the median ms of the server side (attack +
+aggregation) and its ratio to SF's (the attack-only ratio); the lambdas scored
+and the honest losses evaluated per step (distinct aggregates); and the damage:
+the honest loss on a fixed probe of 4096 honest points averaged over the steps
+and after the last one, the test accuracy after the last step and the best one
+along the run (the paper's metric; lower accuracy = more damage). Damage after
+a few dozen steps swings widely between seeds (a well-timed jump can double the
+loss), hence several seeds.
 
-    python benchmarks/bench_jump.py [--aggregators nnm+cm nnm+gm] [--repeats 3]
+    python benchmarks/bench_jump.py [--aggregators nnm+cm nnm+gm] [--steps 40] [--samples 1024 256] [--seeds 1 2 3 4 5]
 """
 
 from __future__ import annotations
@@ -21,115 +28,158 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from flwr_byz.aggregation import get_aggregator
 from flwr_byz.attacks import AttackContext, get_attack
-
-FEATURES, CLASSES = 784, 10
-
-
-def make_data(m: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """``m`` random images in ``[0, 1]^784`` labelled by a random linear teacher."""
-    x = torch.rand(m, FEATURES, generator=gen)
-    teacher = torch.randn(FEATURES, CLASSES, generator=gen)
-    return x, (x @ teacher).argmax(1)
+from flwr_byz.flat import FlatLayout
+from flwr_byz.tasks import Task, WorkerConfig, get_task, partition, seeded_generator, worker_step
 
 
-def split(theta: Tensor) -> tuple[Tensor, Tensor]:
-    """``(k, 7850)`` flat parameters -> weights ``(k, 784, 10)`` and biases ``(k, 10)``."""
-    return theta[:, : FEATURES * CLASSES].reshape(-1, FEATURES, CLASSES), theta[:, FEATURES * CLASSES :]
+@dataclass(frozen=True)
+class Setting:
+    """Data, model and hyper-parameters shared by every run."""
+
+    task: Task
+    shards: list[tuple[Tensor, Tensor]]
+    probe: tuple[Tensor, Tensor]
+    test: tuple[Tensor, Tensor]
+    cfg: WorkerConfig
+    lr: float
+    f: int
+    seed: int
 
 
-def batched_loss(x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
-    """Mean cross-entropy on ``(x, y)`` of each of ``k`` parameter vectors: ``(k, d) -> (k,)``."""
+@dataclass(frozen=True)
+class Result:
+    """Median step and server-side times (ms), mean lambdas and losses scored per step, and the damage:
+    ``L_H`` (on the probe) averaged over the steps and after the last one, final and best test accuracy."""
 
-    def loss(theta: Tensor) -> Tensor:
-        w, b = split(theta)
-        logits = torch.einsum("mp,kpc->kmc", x, w) + b[:, None, :]
-        return torch.logsumexp(logits, -1).mean(1) - logits.gather(2, y.expand(len(theta), -1)[..., None]).mean((1, 2))
-
-    return loss
-
-
-def gradient(theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """Flat gradient of the mean cross-entropy of one model on a batch: ``X^T (softmax - onehot) / b``."""
-    w, b = split(theta[None])
-    err = torch.softmax(x @ w[0] + b[0], -1)
-    err[torch.arange(len(y)), y] -= 1
-    return torch.cat([(x.T @ err).reshape(-1), err.sum(0)]) / len(y)
+    step_ms: float
+    server_ms: float
+    evals: float
+    losses: float
+    mean_loss: float
+    loss: float
+    accuracy: float
+    best_accuracy: float
 
 
-def honest_vectors(theta: Tensor, shards: list[tuple[Tensor, Tensor]], batch: int, gen: torch.Generator) -> Tensor:
-    """One mini-batch gradient per honest worker, from its own shard: ``(h, d)``."""
-    rows = []
-    for xs, ys in shards:
-        idx = torch.randint(len(ys), (batch,), generator=gen)
-        rows.append(gradient(theta, xs[idx], ys[idx]))
-    return torch.stack(rows)
+def honest_loss(s: Setting, model: torch.nn.Module, samples: int, round_: int) -> Callable[[Tensor], Tensor]:
+    """``L_H`` on ``samples // h`` fresh points of each honest partition: ``(k, d) -> (k,)``."""
+    gen = seeded_generator(s.seed, round_, "jump-loss")
+    picks = [torch.randperm(len(y), generator=gen)[: samples // len(s.shards)] for _, y in s.shards]
+    xs = torch.cat([x[i] for (x, _), i in zip(s.shards, picks, strict=True)])
+    ys = torch.cat([y[i] for (_, y), i in zip(s.shards, picks, strict=True)])
+    return lambda flat: s.task.batched_loss(model, flat, xs, ys)
 
 
-def timed(fn: Callable[[], float], repeats: int) -> tuple[float, float]:
-    """Median wall time in ms of ``fn()`` over ``repeats`` runs, and its last result."""
-    times, out = [], float("nan")
-    for _ in range(repeats):
+def run(s: Setting, spec: str, attack_name: str, params: dict[str, object], samples: int, steps: int) -> Result:
+    """``steps`` Robust D-SGD steps from the seeded initial model under one attack."""
+    torch.manual_seed(s.seed)
+    model = s.task.build_model()
+    layout = FlatLayout.of(model.state_dict())
+    theta = layout.flatten(model.state_dict())
+    agg, attack = get_aggregator(spec, f=s.f), get_attack(attack_name, **params)
+    h = len(s.shards)
+    momenta: list[Tensor | None] = [None] * h
+    step_ms, server_ms, evals, losses, curve, accuracy = [], [], [], [], [], []
+    for t in range(1, steps + 1):
         start = time.perf_counter()
-        out = fn()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times), out
+        model.load_state_dict(layout.unflatten(theta))
+        for i, (x, y) in enumerate(s.shards):
+            momenta[i] = worker_step(s.task, model, x, y, momenta[i], s.cfg, s.seed, i, t).momentum
+        honest = torch.stack(momenta)  # type: ignore[arg-type]
+        server = time.perf_counter()
+        ctx = AttackContext(
+            n=h + s.f, f=s.f, aggregator=agg, lr=s.lr, params=theta, honest_loss=honest_loss(s, model, samples, t)
+        )
+        a = attack(honest, ctx)
+        theta = theta - s.lr * agg(torch.cat([honest, a.expand(s.f, -1)]))
+        end = time.perf_counter()
+        step_ms.append(1e3 * (end - start))
+        server_ms.append(1e3 * (end - server))
+        evals.append(attack.metrics.get("jump-evals", 0.0))
+        losses.append(attack.metrics.get("jump-losses", 0.0))
+        model.load_state_dict(layout.unflatten(theta))
+        curve.append(s.task.evaluate(model, *s.probe, batch_size=8192)[0])
+        accuracy.append(s.task.evaluate(model, *s.test, batch_size=8192)[1])
+    times = statistics.median(step_ms), statistics.median(server_ms)
+    work = statistics.mean(evals), statistics.mean(losses)
+    return Result(*times, *work, statistics.mean(curve), curve[-1], accuracy[-1], max(accuracy))
+
+
+def setting(task: Task, honest: int, f: int, alpha: float | None, seed: int, probe: int = 4096) -> Setting:
+    """Seeded partition of the MNIST training set over the honest workers, ``probe`` of their points, the test set."""
+    x, y = task.load("train")
+    parts = partition(y, honest, alpha, seed)
+    union = torch.as_tensor(np.concatenate(parts))
+    picked = union[torch.randperm(len(union), generator=seeded_generator(seed, "probe"))[:probe]]
+    return Setting(
+        task=task,
+        shards=[(x[p], y[p]) for p in parts],
+        probe=(x[picked], y[picked]),
+        test=task.load("test"),
+        cfg=WorkerConfig.for_task(task),
+        lr=float(task.defaults["lr"]),
+        f=f,
+        seed=seed,
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--aggregators", nargs="+", default=["nnm+cm", "nnm+gm"])
-    ap.add_argument("--n", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--samples", type=int, nargs="+", default=[1024, 256], help="L_H sample sizes for JUMP")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    ap.add_argument("--honest", type=int, default=12)
     ap.add_argument("--f", type=int, default=3)
-    ap.add_argument("--samples", type=int, default=1024, help="points in the honest-loss sample")
-    ap.add_argument("--train", type=int, default=12000, help="training points, sharded over honest workers")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=0.5)
-    ap.add_argument("--warm", type=int, default=20, help="honest D-SGD steps (mean rule) before measuring")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--alpha", type=float, default=0.1, help="Dirichlet heterogeneity (0: IID)")
+    ap.add_argument("--no-powell", action="store_true", help="skip the (slow) Powell solver")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    gen = torch.Generator().manual_seed(args.seed)
-    x, y = make_data(args.train + args.samples, gen)
-    loss = batched_loss(x[: args.samples], y[: args.samples])
-    order = torch.argsort(y[args.samples :]) + args.samples  # label-sorted shards: heterogeneous workers
-    shards = [(x[part], y[part]) for part in order.chunk(args.n - args.f)]
-    theta = torch.zeros(FEATURES * CLASSES + CLASSES)
-    for _ in range(args.warm):
-        theta = theta - args.lr * honest_vectors(theta, shards, args.batch, gen).mean(0)
-    honest = honest_vectors(theta, shards, args.batch, gen)
-
-    print(f"d = {theta.numel()}, n = {args.n}, f = {args.f}, loss sample = {args.samples}, "
-          f"threads = {torch.get_num_threads()}, L_H(theta) = {float(loss(theta[None])[0]):.4f}")
-    header = f"{'aggregator':<10} {'attack':<13} {'ms/step':>9} {'x SF':>7} {'evals':>6} {'lambda':>10} {'L_H after':>10}"
-    print(header)
-    print("-" * len(header))
+    task = get_task("mnist-logreg")
+    settings = [setting(task, args.honest, args.f, args.alpha or None, seed) for seed in args.seeds]
+    print(
+        f"mnist-logreg, h = {args.honest}, f = {args.f}, alpha = {args.alpha}, {settings[0].cfg}, "
+        f"lr = {settings[0].lr}, {args.steps} steps, seeds = {args.seeds}, threads = {torch.get_num_threads()}"
+    )
+    columns = ("aggregator", "attack", "L_H pts", "ms/step", "x SF", "server ms", "x SF", "evals", "losses")
+    damage = ("mean L_H", "last L_H", "last acc", "max acc")
+    row = "{:<10} {:<12} {:>7} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7}"
+    print(row.format(*columns, *damage))
+    runs: list[tuple[str, str, dict[str, object], int]] = [("sf", "sf", {}, 0)]
+    runs += [("jump-global", "jump", {}, samples) for samples in args.samples]
+    if not args.no_powell:
+        runs.append(("jump-powell", "jump", {"solver": "powell"}, args.samples[0]))
     for spec in args.aggregators:
-        agg = get_aggregator(spec, f=args.f)
-        ctx = AttackContext(n=args.n, f=args.f, aggregator=agg, lr=args.lr, params=theta, honest_loss=loss)
-        sf_ms = None
-        for label, name, params in [("sf", "sf", {}), ("jump-global", "jump", {}), ("jump-powell", "jump", {"solver": "powell"})]:
-            attack = get_attack(name, **params)
-
-            def step() -> float:
-                a = attack(honest, ctx)
-                new = theta - args.lr * agg(torch.cat([honest, a.expand(args.f, -1)]))
-                return float(loss(new[None])[0])
-
-            ms, after = timed(step, args.repeats)
-            sf_ms = sf_ms or ms
-            evals = int(attack.metrics.get("jump-evals", 0))
-            lam = attack.metrics.get("jump-lambda", float("nan"))
-            print(f"{spec:<10} {label:<13} {ms:9.1f} {ms / sf_ms:7.1f} {evals:6d} {lam:10.4g} {after:10.4f}")
+        sf = [run(s, spec, "sf", {}, 0, args.steps) for s in settings]
+        for label, name, params, samples in runs:
+            rs = sf if name == "sf" else [run(s, spec, name, params, samples, args.steps) for s in settings]
+            ratios = [(r.step_ms / b.step_ms, r.server_ms / b.server_ms) for r, b in zip(rs, sf, strict=True)]
+            cells = [
+                statistics.mean(r.step_ms for r in rs),
+                statistics.mean(step for step, _ in ratios),
+                statistics.mean(r.server_ms for r in rs),
+                statistics.mean(server for _, server in ratios),
+                statistics.mean(r.evals for r in rs),
+                statistics.mean(r.losses for r in rs),
+                statistics.mean(r.mean_loss for r in rs),
+                statistics.mean(r.loss for r in rs),
+                statistics.mean(r.accuracy for r in rs),
+                statistics.mean(r.best_accuracy for r in rs),
+            ]
+            formats = (".1f", ".2f", ".1f", ".1f", ".1f", ".1f", ".3f", ".3f", ".3f", ".3f")
+            texts = [format(c, fmt) for c, fmt in zip(cells, formats, strict=True)]
+            print(row.format(spec, label, samples or "-", *texts), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from flwr_byz.aggregation import get_aggregator
 from flwr_byz.attacks import AttackContext, GlobalSearch, JumpObjective, Powell, get_attack
+from flwr_byz.attacks.span import sort_rows, span_aggregation
 
 Loss = Callable[[Tensor], Tensor]
 
@@ -48,30 +49,33 @@ def random_problem(seed: int, spec: str, task: str) -> tuple[Tensor, AttackConte
     return honest, ctx
 
 
-def test_global_search_beats_powell_on_random_problems() -> None:
-    """Global >= Powell (from lambda = 1) up to 1e-6 relative, and much better on average.
+def test_global_search_matches_or_beats_powell_on_random_problems() -> None:
+    """Global >= Powell (from lambda = 1) up to 1% relative on every problem, and clearly better on average.
 
-    CM, GM and Krum: on every problem. NNM+CM is a fine sawtooth in lambda (each
-    change of a nearest-neighbour set is a jump), narrower than a black-box
-    grid can resolve: Powell sometimes lands on a slightly higher tooth, so
-    there it must hold on 90% of the problems and lose at most 1% anywhere.
+    Robust rules make phi a sawtooth in lambda (each change of a nearest-neighbour
+    set or of Krum's choice is a jump), here with teeth narrower than 0.01 near
+    lambda = 1. Both solvers end on the top of some tooth; the global search finds
+    the better teeth but, bisecting from a coarse grid, may stop on a slightly lower
+    one than Powell's. The global search also scores far fewer lambdas.
     """
-    gaps: dict[str, list[float]] = {}
+    gaps, evals = [], []
     for seed, spec, task in itertools.product(range(10), ["cm", "gm", "krum", "nnm+cm"], ["softmax", "quadratic"]):
         honest, ctx = random_problem(seed, spec, task)
         phi = JumpObjective(honest, ctx, max_batch_elems=2**20)
         _, best = GlobalSearch()(phi, phi.spread)
+        scored = phi.evals
         _, local = Powell()(phi, phi.spread)
-        gaps.setdefault(spec, []).append((best - local) / max(1.0, abs(local)))
-    for spec, gap in gaps.items():
-        ok = np.mean(np.array(gap) >= -1e-6)
-        assert ok == 1.0 or (spec == "nnm+cm" and ok >= 0.9 and min(gap) >= -1e-2), (spec, sorted(gap)[:3])
-    everything = np.concatenate(list(gaps.values()))
-    assert np.mean(everything > 1e-6) > 0.2 and everything.mean() > 0.02
+        gaps.append((best - local) / max(1.0, abs(local)))
+        evals.append((scored, phi.evals - scored))
+    gap = np.array(gaps)
+    assert gap.min() >= -1e-2, sorted(gap)[:3]
+    assert np.mean(gap > 1e-6) > 0.2 and gap.mean() > 0.02
+    global_evals, powell_evals = np.mean(evals, axis=0)
+    assert global_evals < 0.6 * powell_evals
 
 
-@pytest.mark.parametrize("solver", ["global", "powell"])
-def test_recovers_a_known_maximiser(solver: str) -> None:
+@pytest.mark.parametrize(("solver", "params"), [("global", {"rounds": 30}), ("powell", {})])
+def test_recovers_a_known_maximiser(solver: str, params: dict[str, int]) -> None:
     # Mean rule: theta' = theta - lr * gbar * (h + f lambda) / n; the loss -||theta' - c||^2
     # with c built from lambda0 = 3.7 peaks at lambda = 3.7 with value 0.
     n, f, lr, lam0 = 8, 3, 0.5, 3.7
@@ -79,15 +83,19 @@ def test_recovers_a_known_maximiser(solver: str) -> None:
     theta, gbar = torch.zeros(4, dtype=torch.float64), honest.mean(0)
     target = theta - lr * gbar * (n - f + f * lam0) / n
     ctx = AttackContext(
-        n=n, f=f, aggregator=get_aggregator("mean", f=f), lr=lr, params=theta,
+        n=n,
+        f=f,
+        aggregator=get_aggregator("mean", f=f),
+        lr=lr,
+        params=theta,
         honest_loss=lambda t: -((t - target) ** 2).sum(-1),
     )
-    attack = get_attack("jump", solver=solver)
+    attack = get_attack("jump", solver=solver, **params)
     out = attack(honest, ctx)
     assert attack.metrics["jump-lambda"] == pytest.approx(lam0, abs=1e-4)
     assert attack.metrics["jump-loss"] == pytest.approx(0.0, abs=1e-8)
     assert torch.equal(out, attack.metrics["jump-lambda"] * gbar)
-    assert set(attack.metrics) == {"jump-lambda", "jump-loss", "jump-evals", "jump-calls"}
+    assert set(attack.metrics) == {"jump-lambda", "jump-loss", "jump-evals", "jump-losses", "jump-calls"}
 
 
 def test_tails_extend_to_the_cap_on_a_monotone_objective() -> None:
@@ -95,7 +103,10 @@ def test_tails_extend_to_the_cap_on_a_monotone_objective() -> None:
     honest = torch.tensor([[1.0, 0.0], [2.0, 1.0]], dtype=torch.float64)
     gbar = honest.mean(0)
     ctx = AttackContext(
-        n=3, f=1, aggregator=get_aggregator("mean", f=1), params=torch.zeros(2, dtype=torch.float64),
+        n=3,
+        f=1,
+        aggregator=get_aggregator("mean", f=1),
+        params=torch.zeros(2, dtype=torch.float64),
         honest_loss=lambda t: -(t @ gbar),
     )
     attack = get_attack("jump", lam_cap=1e9)
@@ -105,8 +116,11 @@ def test_tails_extend_to_the_cap_on_a_monotone_objective() -> None:
 
 def test_grid_and_batching() -> None:
     grid = GlobalSearch(lam_min=0.1, lam_max=10.0, per_decade=2, inlier_points=5, inlier_width=1.0).grid(0.5)
-    expected = [-10, -10**0.5, -1, -(10**-0.5), -0.1, 0, 0.1, 10**-0.5, 0.5, 0.75, 1, 1.25, 1.5, 10**0.5, 10]
+    expected = [-10, -(10**0.5), -1, -(10**-0.5), -0.1, 0, 0.1, 10**-0.5, 0.5, 0.75, 1, 1.25, 1.5, 10**0.5, 10]
     assert np.allclose(grid, expected)
+    # Log-spaced points only outside the inlier range 1 +- 2 (here [-1, 3]).
+    grid = GlobalSearch(lam_min=0.1, lam_max=10.0, per_decade=2, inlier_points=5, inlier_width=1.0).grid(2.0)
+    assert np.allclose(grid, [-10, -(10**0.5), -1, 0, 1, 2, 3, 10**0.5, 10])
     honest, ctx = random_problem(3, "nnm+cm", "softmax")
     whole, chunked = get_attack("jump"), get_attack("jump", max_batch_elems=ctx.n * honest.shape[1] * 4)
     whole(honest, ctx)
@@ -122,12 +136,87 @@ def test_jump_input_errors() -> None:
         bad = AttackContext(**{**ctx.__dict__, missing: None})
         with pytest.raises(ValueError, match=f"ctx needs {missing}"):
             get_attack("jump")(honest, bad)
-    with pytest.raises(ValueError, match="ctx.params has shape"):
+    with pytest.raises(ValueError, match=r"ctx\.params has shape"):
         get_attack("jump")(honest, AttackContext(**{**ctx.__dict__, "params": torch.zeros(3)}))
     with pytest.raises(ValueError, match=r"\(k, d\) -> \(k,\)"):
         get_attack("jump")(honest, AttackContext(**{**ctx.__dict__, "honest_loss": lambda t: t}))
     with pytest.raises(ValueError, match="lam_min < lam_max"):
         get_attack("jump", lam_min=10.0, lam_max=1.0)
+
+
+SPAN_SPECS = [
+    ("mean", {}),
+    ("cm", {}),
+    ("tm", {}),
+    ("gm", {}),
+    ("gm", {"start": "mean", "nu": 1e-3, "tol": 1e-6}),
+    ("krum", {}),
+    ("krum", {"neighbors": "n-f-1"}),
+    ("multikrum", {"select": 3}),
+    ("nnm+cm", {}),
+    ("nnm+tm", {}),
+    ("nnm+gm", {}),
+    ("nnm+krum", {}),
+    ("nnm+multikrum", {}),
+    ("clipping+nnm+cm", {"c": 6.0}),
+    ("clipping+gm", {"c": 6.0}),
+]
+
+
+@pytest.mark.parametrize(("spec", "params"), SPAN_SPECS)
+@pytest.mark.parametrize(("n", "f", "rule_f"), [(15, 3, 3), (10, 3, 3), (8, 2, 2), (9, 3, 2)])
+def test_span_aggregation_matches_the_rule_on_every_candidate(
+    spec: str, params: dict[str, object], n: int, f: int, rule_f: int
+) -> None:
+    # n odd and even; f copies, the rule assuming rule_f. Ties-free random data; lambda = 0
+    # is left out (clipped honest vectors would tie around a zero copy).
+    gen, d = torch.Generator().manual_seed(n * f), 40
+    mean = torch.randn(d, generator=gen, dtype=torch.float64)
+    honest = mean + torch.randn(n - f, d, generator=gen, dtype=torch.float64)
+    aggregator = get_aggregator(spec, f=rule_f, **params)
+    lams = torch.cat([torch.linspace(-6, 6, 36, dtype=torch.float64), torch.tensor([-1e3, 1e3], dtype=torch.float64)])
+    fast = span_aggregation(aggregator, honest, f)
+    assert fast is not None
+    for lam, out in zip(lams, fast(lams), strict=True):
+        expected = aggregator(torch.cat([honest, (lam * honest.mean(0)).expand(f, d)]))
+        assert torch.allclose(out, expected, rtol=1e-9, atol=1e-9 * float(honest.abs().max()))
+
+
+def test_span_aggregation_falls_back_for_other_aggregators() -> None:
+    honest = torch.randn(6, 4, dtype=torch.float64)
+    others = [get_aggregator("bucketing+cm", f=2), get_aggregator("gm", f=2, start="median"), lambda x: x.mean(-2)]
+    assert all(span_aggregation(agg, honest, 2) is None for agg in others)
+    assert span_aggregation(get_aggregator("cm", f=2), honest, 0) is None  # no copies
+    with pytest.raises(ValueError, match="KRUM needs"):
+        span_aggregation(get_aggregator("krum", f=2), honest[:4], 2)  # n = 6 < 2f + 3: the rule's own check
+
+
+@pytest.mark.parametrize("spec", ["cm", "nnm+cm", "nnm+gm", "krum"])
+def test_objective_is_the_same_in_the_span_and_black_box(spec: str) -> None:
+    honest, ctx = random_problem(4, spec, "softmax")
+    black_box = AttackContext(**{**ctx.__dict__, "aggregator": lambda x: ctx.aggregator(x)})  # type: ignore[misc]
+    fast, slow = JumpObjective(honest, ctx, 2**20), JumpObjective(honest, black_box, 2**20)
+    assert fast.span is not None and slow.span is None
+    lams = np.concatenate([np.linspace(-5, 5, 41), [-1e3, 1e3]])
+    assert np.allclose(fast(lams), slow(lams), rtol=1e-9, atol=0)
+
+
+def test_equal_aggregates_are_scored_once() -> None:
+    # CM without pre-aggregation saturates: far enough, every lambda of one sign gives the same aggregate.
+    honest, ctx = random_problem(4, "cm", "softmax")
+    phi = JumpObjective(honest, ctx, 2**20)
+    values = phi(np.array([1e6, 1e7, 1e8, -1e6, -1e7, 0.5]))
+    assert (phi.evals, phi.losses, phi.calls) == (6, 3, 1)
+    assert values[0] == values[1] == values[2] and values[3] == values[4]
+    assert len(set(values.tolist())) == 3
+
+
+@pytest.mark.parametrize("n", range(1, 14))
+def test_sorting_network_sorts_every_zero_one_input(n: int) -> None:
+    # The 0-1 principle: a comparator network that sorts all 2^n inputs of 0s and 1s sorts every input.
+    bits = ((torch.arange(2**n)[:, None] >> torch.arange(n)) & 1).double()
+    out = torch.stack(sort_rows(list(bits.T)))
+    assert bool((out[1:] >= out[:-1]).all()) and torch.equal(out.sum(0), bits.sum(1))
 
 
 # The paper's 2D study: n = 3, f = 1, CM, L_i = 1 - b_i exp(-||theta - z_i||^2), exact gradients.
@@ -166,6 +255,8 @@ def test_2d_global_jump_resists_jumps_over_the_minimum_and_escapes() -> None:
     right = path[:, 0] > 1
     jump = int(torch.nonzero(right[:-1] & ~right[1:])[0])  # first step crossing x = 1 leftwards
     assert jump > 10  # it resists descent first
+    (x0, y0), (x1, y1) = path[jump].tolist(), path[jump + 1].tolist()
+    assert abs(y0 + (1 - x0) * (y1 - y0) / (x1 - x0)) < 0.1  # the jump passes right over (1, 0)
     assert float((path - MINIMUM).norm(dim=1).min()) > 0.1  # never near the global minimum
     assert not bool(right[jump + 1 :].any())  # it does not come back
     assert float(loss[-1]) > 0.6 > float(toy_loss(MINIMUM[None])[0]) + 0.2

@@ -11,35 +11,39 @@ from torch import Tensor
 
 from .base import Attack, AttackContext
 from .line_search import SOLVERS
+from .span import span_aggregation
 
 
 class JumpObjective:
     """``phi(lambda) = L_H(theta - lr * F(g_1, ..., g_h, lambda gbar, ..., lambda gbar))``, batched over lambdas.
 
-    ``k`` lambdas become ``k`` candidate stacks ``(k, n, d)`` (honest rows first,
-    then ``f`` copies of ``lambda * gbar``), aggregated in one call of the
-    batched rule and scored by one call of ``honest_loss`` on ``(k, d)``
-    parameters; ``k`` is chunked so a stack holds at most ``max_batch_elems``
-    entries. NaN losses count as ``-inf``. ``spread = max_i ||g_i - gbar|| / ||gbar||``
-    tells solvers where the copies sit among the honest vectors. ``evals`` counts scored lambdas and
-    ``calls`` the (aggregator, loss) call pairs. This is the black-box baseline;
-    a structure-aware scorer (distances to ``lambda gbar`` are quadratics in
-    lambda, CM/TM saturate, ...) can replace it behind the same interface.
+    ``k`` lambdas give ``k`` aggregates ``(k, d)``: in the span of the honest vectors
+    when ``span_aggregation`` supports the aggregator (no ``(k, n, d)`` stack, see
+    ``span``), else by one call of the batched rule on the candidate stacks
+    ``(k, n, d)`` (honest rows first, then ``f`` copies of ``lambda * gbar``), ``k``
+    chunked so a stack holds at most ``max_batch_elems`` entries. Equal aggregates
+    (saturated rules: far lambdas often give the same one) are scored once, by one
+    call of ``honest_loss`` on ``(k', d)`` parameters. NaN losses count as ``-inf``.
+    ``spread = max_i ||g_i - gbar|| / ||gbar||`` tells solvers where the copies sit
+    among the honest vectors. ``evals`` counts scored lambdas, ``losses`` the
+    distinct aggregates whose loss was evaluated, ``calls`` the batched calls.
     """
 
     def __init__(self, honest: Tensor, ctx: AttackContext, max_batch_elems: int) -> None:
         aggregator, params, loss = ctx.aggregator, ctx.params, ctx.honest_loss
         if aggregator is None or params is None or loss is None:
             missing = [k for k in ("aggregator", "params", "honest_loss") if getattr(ctx, k) is None]
-            raise ValueError(f"jump: ctx needs {', '.join(missing)} (the attack scores the honest loss after the update)")
+            raise ValueError(f"jump: ctx needs {', '.join(missing)} (it scores the honest loss after the update)")
         if params.shape != honest.shape[1:]:
             raise ValueError(f"jump: ctx.params has shape {tuple(params.shape)}, expected ({honest.shape[1]},)")
         self.aggregator, self.params, self.loss = aggregator, params, loss
         self.honest, self.gbar, self.f, self.lr = honest, honest.mean(0), ctx.f, ctx.lr
+        self.span = span_aggregation(aggregator, honest, ctx.f)
         self.chunk = max(1, max_batch_elems // (ctx.n * honest.shape[1]))
         radius, norm = float((honest - self.gbar).norm(dim=1).max()), float(self.gbar.norm())
         self.spread = radius / norm if norm > 0 else math.inf
         self.evals = 0
+        self.losses = 0
         self.calls = 0
 
     def __call__(self, lams: np.ndarray) -> np.ndarray:
@@ -48,17 +52,26 @@ class JumpObjective:
         self.evals += len(lams)
         return out
 
-    @torch.no_grad()
+    def _aggregate(self, lam: Tensor) -> Tensor:
+        if self.span is not None:
+            return self.span(lam)
+        (h, d), k = self.honest.shape, len(lam)
+        byz = (lam.to(self.gbar)[:, None] * self.gbar).unsqueeze(1).expand(k, self.f, d)
+        return self.aggregator(torch.cat([self.honest.expand(k, h, d), byz], dim=1))
+
     def _score(self, lams: np.ndarray) -> np.ndarray:
-        (h, d), k = self.honest.shape, len(lams)
-        lam = torch.as_tensor(lams, dtype=self.honest.dtype, device=self.honest.device)
-        byz = (lam[:, None] * self.gbar).unsqueeze(1).expand(k, self.f, d)
-        stack = torch.cat([self.honest.expand(k, h, d), byz], dim=1)
-        loss = self.loss(self.params - self.lr * self.aggregator(stack))
-        if loss.shape != (k,):
-            raise ValueError(f"jump: honest_loss must map (k, d) -> (k,), got {tuple(loss.shape)} for k={k}")
+        lam = torch.as_tensor(lams, device=self.honest.device)
+        with torch.no_grad():
+            aggregates, inverse = torch.unique(self._aggregate(lam), dim=0, return_inverse=True)
+            loss = self.loss(self.params - self.lr * aggregates)
+        if loss.shape != (len(aggregates),):
+            raise ValueError(
+                f"jump: honest_loss must map (k, d) -> (k,), got {tuple(loss.shape)} for k={len(aggregates)}"
+            )
         self.calls += 1
-        return np.nan_to_num(loss.double().cpu().numpy(), nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+        self.losses += len(aggregates)
+        values: np.ndarray = loss[inverse].double().cpu().numpy()
+        return np.nan_to_num(values, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
 
 
 class Jump(Attack):
@@ -66,17 +79,18 @@ class Jump(Attack):
 
     The f Byzantine vectors are colinear with the honest mean: positive lambdas
     resist or overshoot descent (a "jump" over a minimum), negative ones push
-    uphill. Solvers (``line_search``): ``"global"`` (default, batched grid +
-    refinement; its keyword parameters ``lam_min``, ``lam_max``, ``per_decade``,
-    ``zoom_rounds``, ``zoom_points``, ``xtol`` go through ``solver_params``) or
-    ``"powell"`` (the paper's: Powell from ``start`` = 1, unbounded).
+    uphill. Solvers (``line_search``): ``"global"`` (default: batched grid and
+    refinement, ``GlobalSearch``) or ``"powell"`` (the paper's: Powell from
+    ``start = 1``, unbounded); ``solver_params`` are the chosen solver's fields.
+    ``max_batch_elems`` bounds the entries of one ``(k, n, d)`` candidate stack.
     Metrics: ``jump-lambda``, ``jump-loss`` (predicted honest loss after the
-    update), ``jump-evals`` (lambdas scored), ``jump-calls`` (batched calls).
+    update), ``jump-evals`` (lambdas scored), ``jump-losses`` (distinct aggregates whose
+    loss was evaluated), ``jump-calls`` (batched calls).
     """
 
     name = "jump"
 
-    def __init__(self, solver: str = "global", max_batch_elems: int = 2**24, **solver_params: float) -> None:
+    def __init__(self, solver: str = "global", max_batch_elems: int = 2**24, **solver_params: object) -> None:
         super().__init__()
         if solver not in SOLVERS:
             raise ValueError(f"jump: unknown solver {solver!r}; valid: {sorted(SOLVERS)}")
@@ -96,5 +110,11 @@ class Jump(Attack):
     def _attack(self, honest: Tensor, ctx: AttackContext) -> Tensor:
         phi = JumpObjective(honest, ctx, self.max_batch_elems)
         lam, loss = self.solver(phi, phi.spread)
-        self.metrics = {"jump-lambda": lam, "jump-loss": loss, "jump-evals": float(phi.evals), "jump-calls": float(phi.calls)}
-        return lam * honest.mean(0)
+        self.metrics = {
+            "jump-lambda": lam,
+            "jump-loss": loss,
+            "jump-evals": float(phi.evals),
+            "jump-losses": float(phi.losses),
+            "jump-calls": float(phi.calls),
+        }
+        return lam * phi.gbar

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize, minimize_scalar
+from scipy.optimize import minimize
 
 BatchedFn = Callable[[np.ndarray], np.ndarray]
 
@@ -55,30 +55,35 @@ class Powell:
 
 @dataclass(frozen=True)
 class GlobalSearch:
-    """Batched grid over both signs, open-ended tails, batched zooms, then a bounded Brent polish.
+    """Batched grid over both signs, open-ended tails, then batched multisection around the best peaks.
 
-    1. Grid, scored in one call: ``0``, ``1``, ``+-lam`` for ``lam`` log-spaced
-       over ``[lam_min, lam_max]`` with ``per_decade`` points per decade, and
-       ``inlier_points`` evenly spaced over ``1 +- inlier_width * spread``.
+    1. Grid, scored in one call: ``0``, ``1``, ``inlier_points`` evenly spaced over
+       the inlier range ``1 +- inlier_width * spread`` (the copies among the honest
+       vectors, where robust rules react to them most irregularly) and, outside it,
+       ``+-lam`` for ``lam`` log-spaced over ``[lam_min, lam_max]`` with ``per_decade``
+       points per decade (the copies are outliers there: rules saturate or damp them).
     2. Tails: while the best point is the outermost one, score one more decade
        outward (one call each), up to ``|lambda| = lam_cap``.
-    3. ``zoom_rounds`` times, one call each: score ``zoom_points`` evenly spaced
-       points strictly inside the brackets (evaluated neighbours) of the
-       ``zoom_brackets`` best local maxima of the points scored so far.
-    4. Brent's bounded method (golden section + parabolas) in the best point's
-       bracket, to ``xtol * max(1, |lambda|)``.
+    3. Up to ``rounds`` times, one call each: for each of the ``peaks`` best sampled
+       local maxima, split the intervals to its two scored neighbours into
+       ``splits + 1`` equal parts and score the ``2 * splits`` new points (the bracket
+       of the best point shrinks ``splits + 1`` times per round), skipping intervals
+       shorter than ``(splits + 1) * xtol * max(1, |lambda|)``. Robust rules make ``phi``
+       a sawtooth (each change of a neighbour set or of the selected vector is a
+       jump), which this batched multisection climbs where parabolic or
+       golden-section steps stall on the jumps, in few calls.
     The result is the best point ever scored (ties: smallest ``|lambda|``).
     """
 
-    lam_min: float = 1e-2
-    lam_max: float = 1e4
+    lam_min: float = 0.1
+    lam_max: float = 1e3
     lam_cap: float = 1e12
-    per_decade: int = 3
-    inlier_points: int = 16
+    per_decade: int = 1
+    inlier_points: int = 10
     inlier_width: float = 2.0
-    zoom_rounds: int = 2
-    zoom_brackets: int = 3
-    zoom_points: int = 6
+    peaks: int = 1
+    rounds: int = 2
+    splits: int = 3
     xtol: float = 1e-8
 
     def __post_init__(self) -> None:
@@ -86,29 +91,28 @@ class GlobalSearch:
             raise ValueError(
                 f"need 0 < lam_min < lam_max <= lam_cap < inf, got {self.lam_min}, {self.lam_max}, {self.lam_cap}"
             )
-        counts = (self.per_decade, self.zoom_brackets, self.zoom_points)
-        if min(counts) < 1 or self.inlier_points < 0 or self.zoom_rounds < 0 or not (self.xtol > 0 and self.inlier_width > 0):
-            raise ValueError(
-                "need per_decade, zoom_brackets, zoom_points >= 1, inlier_points, zoom_rounds >= 0, "
-                "inlier_width > 0 and xtol > 0"
-            )
+        if min(self.per_decade, self.peaks, self.splits) < 1 or min(self.inlier_points, self.rounds) < 0:
+            raise ValueError("need per_decade, peaks, splits >= 1 and inlier_points, rounds >= 0")
+        if not (self.xtol > 0 and self.inlier_width > 0):
+            raise ValueError("need inlier_width > 0 and xtol > 0")
 
     def grid(self, spread: float) -> np.ndarray:
         """The sorted first-stage grid for honest vectors of relative radius ``spread``."""
         lo, hi = math.log10(self.lam_min), math.log10(self.lam_max)
         mags = np.logspace(lo, hi, max(2, round((hi - lo) * self.per_decade) + 1))
         width = min(self.inlier_width * spread, self.lam_max) if math.isfinite(spread) else 0.0
-        inliers = np.linspace(1 - width, 1 + width, self.inlier_points) if width > 0 else []
-        return np.unique(np.concatenate([-mags, [0.0, 1.0], mags, inliers]))
+        inliers = np.linspace(1 - width, 1 + width, self.inlier_points) if width > 0 else np.empty(0)
+        logs = np.concatenate([-mags, mags])
+        return np.unique(np.concatenate([logs[np.abs(logs - 1) > width], [0.0, 1.0], inliers]))
 
     def __call__(self, phi: BatchedFn, spread: float) -> tuple[float, float]:
         xs = self.grid(spread)
         xs, ys = self._tails(phi, xs, phi(xs))
-        for _ in range(self.zoom_rounds):
-            brackets = _local_maxima(xs, ys)[: self.zoom_brackets]
-            new = np.concatenate([np.linspace(lo, hi, self.zoom_points + 2)[1:-1] for lo, hi in brackets])
+        for _ in range(self.rounds):
+            new = self._refinements(xs, ys)
+            if not len(new):
+                break
             xs, ys = _merge(xs, ys, new, phi(new))
-        xs, ys = self._polish(phi, xs, ys)
         i = best_index(xs, ys)
         return float(xs[i]), float(ys[i])
 
@@ -119,39 +123,31 @@ class GlobalSearch:
             i = best_index(xs, ys)
             if 0 < i < len(xs) - 1 or abs(xs[i]) >= self.lam_cap:
                 return xs, ys
-            new = np.clip(xs[i] * ratio ** np.arange(1, self.per_decade + 1), -self.lam_cap, self.lam_cap)
+            new = np.unique(np.clip(xs[i] * ratio ** np.arange(1, self.per_decade + 1), -self.lam_cap, self.lam_cap))
             xs, ys = _merge(xs, ys, new, phi(new))
 
-    def _polish(self, phi: BatchedFn, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Brent's bounded search in the best point's bracket; returns all points scored."""
-        lo, hi = _local_maxima(xs, ys)[0]
-        if not hi > lo:
-            return xs, ys
-        seen: list[tuple[float, float]] = []
-
-        def record(x: np.ndarray) -> np.ndarray:
-            y = phi(x)
-            seen.append((float(x[0]), float(y[0])))
-            return y
-
-        tol = self.xtol * max(1.0, abs(xs[best_index(xs, ys)]))
-        minimize_scalar(_negated(record), bounds=(lo, hi), method="bounded", options={"xatol": tol})
-        return _merge(xs, ys, *(np.array(v) for v in zip(*seen)))
+    def _refinements(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """New points between the ``peaks`` best local maxima and their neighbours (step 3)."""
+        out = []
+        for i in _local_maxima(xs, ys)[: self.peaks]:
+            tol = self.xtol * max(1.0, abs(xs[i]))
+            for j in (i - 1, i + 1):
+                if 0 <= j < len(xs) and abs(xs[j] - xs[i]) > (self.splits + 1) * tol:
+                    out += list(xs[i] + (xs[j] - xs[i]) * np.arange(1, self.splits + 1) / (self.splits + 1))
+        return np.unique(out)
 
 
-def _local_maxima(xs: np.ndarray, ys: np.ndarray) -> list[tuple[float, float]]:
-    """Brackets ``(x[i-1], x[i+1])`` (clipped at the ends) of the sampled local maxima, best first.
+def _local_maxima(xs: np.ndarray, ys: np.ndarray) -> list[int]:
+    """Indices of the sampled local maxima, best first (the global best always first).
 
     A local maximum beats its left neighbour strictly and its right one weakly,
-    so a plateau counts once, at its left end. The global best always comes first.
+    so a plateau counts once, at its left end.
     """
     left = np.concatenate([[True], ys[1:] > ys[:-1]])
     right = np.concatenate([ys[:-1] >= ys[1:], [True]])
     peaks = np.flatnonzero(left & right)
     b = best_index(xs, ys)
-    order = [b] + [int(i) for i in peaks[np.argsort(-ys[peaks], kind="stable")] if i != b]
-    last = len(xs) - 1
-    return [(float(xs[max(i - 1, 0)]), float(xs[min(i + 1, last)])) for i in order]
+    return [b] + [int(i) for i in peaks[np.argsort(-ys[peaks], kind="stable")] if i != b]
 
 
 def _merge(xs: np.ndarray, ys: np.ndarray, new_x: np.ndarray, new_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,127 @@
+"""JUMP's candidate aggregates computed in the span of the honest vectors, without the ``(k, n, d)`` stacks.
+
+Candidate ``lambda``'s stack is ``X = [g_1, ..., g_h, lambda gbar, ..., lambda gbar]``
+(``f`` copies). Every row lies in the span of the honest rows: with the thin QR
+factorisation ``H^T = Q R`` of the honest stack ``H`` (once per step, ``O(h^2 d)``),
+``g_i = r_i Q^T`` where ``r_i`` (row ``i`` of ``R^T``) are coordinates in ``R^p``,
+``p = rank <= h``, and ``x -> x Q^T`` is a linear isometry of ``R^p`` into ``R^d``.
+
+* Span stages commute with that isometry, since they only depend on distances
+  and norms and output linear combinations of their inputs (GM started at zero
+  or at the mean): pre-aggregators NNM and static clipping, rules Mean, GM, Krum
+  and MultiKrum. So ``F(X) = F(C) Q^T`` with ``C = [r_1..r_h, lambda rbar x f]``:
+  the stage code runs unchanged on ``(k, n, p)`` coordinates and only the final
+  ``(k, p) @ (p, d)`` product is d-dimensional.
+* CM and TM are coordinate-wise. After the span pre-aggregators the stack is
+  ``h`` rows ``Y`` (lifted to ``R^d``) plus ``f`` equal rows ``v`` (the stages map
+  equal inputs to equal outputs). Per coordinate, the ``q``-th smallest of
+  ``{y_1, ..., y_h} + {v x f}`` is ``o_q = clamp(v, s_(q-f), s_q)`` with ``s`` the sorted
+  ``y`` (``s_i = -inf`` for ``i < 1``, ``+inf`` for ``i > h``): the copies take ranks
+  ``q-f+1..q`` when ``s_(q-f) <= v <= s_q``; below ``s_(q-f)`` they push it to rank ``q``;
+  above ``s_q`` they leave the ``q`` smallest alone. CM is ``o_((n+1)/2)`` (``n`` odd)
+  or ``(o_(n/2) + o_(n/2+1)) / 2``; TM with trim ``t`` is the mean of ``o_q``, ``t < q <= n-t``.
+  Only ``Y`` is sorted, once per distinct ``Y`` (without pre-aggregation, once per step),
+  by Batcher's odd-even merge sorting network: ``O(h log^2 h)`` elementwise min/max
+  over ``(k, d)`` rows, several times faster than ``torch.sort`` along a short axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+import torch
+from torch import Tensor
+
+from ..aggregation import (
+    Aggregation,
+    CoordinateMedian,
+    GeometricMedian,
+    Krum,
+    Mean,
+    MultiKrum,
+    NearestNeighborMixing,
+    StaticClipping,
+    TrimmedMean,
+)
+
+SPAN_PRE = (NearestNeighborMixing, StaticClipping)
+SPAN_RULES = (Mean, GeometricMedian, Krum, MultiKrum)
+COORDINATE_RULES = (CoordinateMedian, TrimmedMean)
+
+
+def span_aggregation(aggregator: object, honest: Tensor, f: int) -> Callable[[Tensor], Tensor] | None:
+    """``lams (k,) -> F(X(lambda)) (k, d)`` computed in the honest span, or ``None`` if ``aggregator``
+    is not an ``Aggregation`` of span pre-aggregators and a span or coordinate-wise rule (or ``f = 0``)."""
+    if not isinstance(aggregator, Aggregation) or f < 1:
+        return None
+    rule = aggregator.rule
+    if any(type(stage) not in SPAN_PRE for stage in aggregator.pre):
+        return None
+    if type(rule) not in SPAN_RULES + COORDINATE_RULES or (type(rule) is GeometricMedian and rule.start == "median"):
+        return None
+    aggregator.check(len(honest) + f)
+    return SpanAggregation(aggregator, honest, f)
+
+
+class SpanAggregation:
+    """The exact candidate aggregates of ``span_aggregation`` (module docstring), in float64 coordinates."""
+
+    def __init__(self, aggregation: Aggregation, honest: Tensor, f: int) -> None:
+        q, r = torch.linalg.qr(honest.double().T)
+        self.aggregation, self.f = aggregation, f
+        self.basis, self.coords = q.T.to(honest.dtype), r.T  # (p, d) in the honest dtype, (h, p) in float64
+
+    def __call__(self, lams: Tensor) -> Tensor:
+        (h, p), k = self.coords.shape, len(lams)
+        copies = (lams.double()[:, None] * self.coords.mean(0)).unsqueeze(1).expand(k, self.f, p)
+        x = torch.cat([self.coords.expand(k, h, p), copies], dim=1)
+        if type(self.aggregation.rule) in SPAN_RULES:
+            return self._lift(self.aggregation(x))
+        for stage in self.aggregation.pre:
+            x = stage(x)
+        return self._coordinate_rule(x[:, :h], self._lift(x[:, h]))
+
+    def _lift(self, coords: Tensor) -> Tensor:
+        """Coordinates ``(..., p)`` to vectors ``(..., d)`` of the honest dtype."""
+        return coords.to(self.basis.dtype) @ self.basis
+
+    def _coordinate_rule(self, ys: Tensor, v: Tensor) -> Tensor:
+        """CM or TM of ``h`` rows (coordinates ``ys (k, h, p)``) and ``f`` copies of ``v (k, d)``."""
+        h, n = ys.shape[1], ys.shape[1] + self.f
+        blocks, which = torch.unique(ys.flatten(1), dim=0, return_inverse=True)
+        s = sort_rows(list(self._lift(blocks.unflatten(1, (h, -1))).unbind(1)))
+
+        def order_stat(q: int) -> Tensor:
+            lo = s[q - self.f - 1][which] if q > self.f else None
+            hi = s[q - 1][which] if q <= h else None
+            return v.clamp(lo, hi)
+
+        if type(self.aggregation.rule) is CoordinateMedian:
+            return order_stat((n + 1) // 2) if n % 2 else (order_stat(n // 2) + order_stat(n // 2 + 1)) / 2
+        t = self.aggregation.rule.f
+        return torch.stack([order_stat(q) for q in range(t + 1, n - t + 1)]).mean(0)
+
+
+def sort_rows(rows: list[Tensor]) -> list[Tensor]:
+    """Elementwise sort of equally shaped tensors: ``out[0] <= ... <= out[-1]`` everywhere."""
+    for a, b in merge_network(len(rows)):
+        rows[a], rows[b] = torch.minimum(rows[a], rows[b]), torch.maximum(rows[a], rows[b])
+    return rows
+
+
+@cache
+def merge_network(n: int) -> tuple[tuple[int, int], ...]:
+    """Comparators ``(a, b)``, ``a < b``, of Batcher's odd-even merge sort of ``n`` wires (any ``n``)."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return tuple(pairs)
