@@ -44,6 +44,14 @@ def mnist_logreg() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
 
 
+def linear_logits(entries: dict[str, Tensor], x: Tensor) -> Tensor:
+    """Logits ``(N, k, 10)`` of ``k`` logistic models (``mnist_logreg`` state entries with a
+    leading ``k``) on images ``x``: one matrix product instead of ``k`` vmapped forwards."""
+    weight, bias = entries["1.weight"], entries["1.bias"]
+    k, classes, features = weight.shape
+    return (x.flatten(1) @ weight.reshape(k * classes, features).T).view(-1, k, classes) + bias
+
+
 class Toy2d(nn.Module):
     """The 2-D toy problem: one parameter ``theta`` in R^2, initialised to (1.75, -0.2).
 

@@ -25,7 +25,10 @@ class Task:
     ``defaults`` holds the paper's hyper-parameters: ``lr`` (a schedule for
     :func:`flwr_byz.tasks.worker.lr_at`), ``batch_size``, ``clip`` (``C``, ``None`` for
     no clipping), ``l2``, ``rounds`` (``T``) and ``momentum`` (``beta``).
-    ``num_classes`` is 0 for a task that is not a classifier (toy2d).
+    ``num_classes`` is 0 for a task that is not a classifier (toy2d). ``batched_logits``, for
+    cross-entropy classifiers whose logits of many parameter vectors have a closed batched
+    form (logistic regression), maps state entries with a leading ``k`` and images to
+    ``(N, k, classes)`` logits and replaces ``vmap`` in :meth:`batched_loss`.
     """
 
     name: str
@@ -35,6 +38,7 @@ class Task:
     defaults: dict[str, Any] = field(default_factory=dict)
     criterion: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
     hflip: bool = False
+    batched_logits: Callable[[dict[str, Tensor], Tensor], Tensor] | None = None
 
     def build_model(self) -> nn.Module:
         """A fresh model, initialised from torch's global RNG (seed it for determinism)."""
@@ -70,13 +74,21 @@ class Task:
         model.train(was_training)
         return total / len(x), (correct / len(x) if self.num_classes else math.nan)
 
+    def _closed_form(self, entries: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        """Mean cross entropy ``(k,)`` from :attr:`batched_logits`."""
+        assert self.batched_logits is not None
+        logits = self.batched_logits(entries, x)
+        picked = logits.gather(-1, y.view(-1, 1, 1).expand(-1, logits.shape[1], 1)).squeeze(-1)
+        return (logits.logsumexp(-1) - picked).mean(0)
+
     def batched_loss(self, model: nn.Module, flat: Tensor, x: Tensor, y: Tensor, batch_size: int = 1024) -> Tensor:
         """Eval-mode losses ``(L(theta_1), ..., L(theta_k))`` on ``(x, y)`` of ``flat`` ``(k, d)``.
 
         ``theta_j`` fills the floating entries of ``model.state_dict()`` (``FlatLayout``
         order, BatchNorm statistics included); integer buffers come from ``model``.
-        All ``k`` models run at once (``torch.func.vmap``), ``batch_size`` examples at a
-        time; ``L`` is the mean of ``criterion`` over the examples. Differentiable in ``flat``.
+        All ``k`` models run at once (``torch.func.vmap``, or :attr:`batched_logits` where the
+        task has one), ``batch_size`` examples at a time; ``L`` is the mean of ``criterion``
+        over the examples. Differentiable in ``flat``.
         """
         layout = FlatLayout.of(model.state_dict())
         entries = layout.unflatten(flat)
@@ -86,7 +98,7 @@ class Task:
         def one(state: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
             return self.criterion(functional_call(model, state, (xb,)), yb)
 
-        batched = torch.func.vmap(one, in_dims=(0, None, None))
+        batched = torch.func.vmap(one, in_dims=(0, None, None)) if self.batched_logits is None else self._closed_form
         total = torch.zeros(flat.shape[0], dtype=flat.dtype, device=flat.device)
         for i in range(0, len(x), batch_size):
             yb = y[i : i + batch_size]
@@ -107,7 +119,7 @@ _TASKS: dict[str, Task] = {
             defaults={"lr": 0.1, "batch_size": 32, "clip": 2.0, "l2": 1e-4, "rounds": 800, "momentum": 0.9},
         ),
         Task(
-            "mnist-logreg", "mnist", models.mnist_logreg, num_classes=10,
+            "mnist-logreg", "mnist", models.mnist_logreg, num_classes=10, batched_logits=models.linear_logits,
             defaults={"lr": 0.7, "batch_size": 32, "clip": 2.0, "l2": 0.0, "rounds": 640, "momentum": 0.9},
         ),
         Task(
