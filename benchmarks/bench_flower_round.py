@@ -1,9 +1,10 @@
 """Per-round cost of the paper app under `flwr run`: compute vs framework overhead, and peak memory.
 
-    python benchmarks/bench_flower_round.py [--task mnist] [--nodes 15] [--short 3] [--long 8]
+    python benchmarks/bench_flower_round.py [--task mnist] [--nodes 15] [--rounds 20]
 
-* wall per round: two runs of ``--short`` and ``--long`` rounds; their difference divided by the
-  extra rounds removes start-up (SuperLink, Ray, imports, first-round warm-up).
+* wall per round: one run evaluating (on 100 test images) every round; the results file's
+  ``elapsed`` column gives ``(elapsed[R] - elapsed[1]) / (R - 1)``, which leaves out start-up
+  (SuperLink, Ray, imports) and the first round's warm-up.
 * compute per round: the same work in this process, with no Flower: the n - f honest
   ``worker_step`` calls the clients make (one torch thread each, spread over as many parallel
   workers as Flower's Ray backend runs: one per core at ``num-cpus=1`` per client) plus the
@@ -12,7 +13,7 @@
   the ratio is meaningful even when absolute times are noisy.
 * peak memory: the largest total PSS (resident memory, shared pages split) of the run's processes (those whose
   environment carries this run's ``FLWR_HOME``: SuperLink, ServerApp, Ray workers), sampled
-  every 0.2 s during the long run.
+  every 0.2 s.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from flwr_byz.aggregation import get_aggregator
 from flwr_byz.clients.nodes import honest_partitions
 from flwr_byz.config import RunSettings
 from flwr_byz.experiments.flower import FlowerLauncher
+from flwr_byz.experiments.results import read_run, results_path
 from flwr_byz.tasks import worker_step
 
 APP = Path(__file__).resolve().parents[1] / "simulations" / "paper"
@@ -106,30 +108,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="mnist")
     parser.add_argument("--nodes", type=int, default=15)
-    parser.add_argument("--short", type=int, default=3)
-    parser.add_argument("--long", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
-    base = {"task": args.task, "attack": "none", "eval-every": 10**6, "eval-size": 100}
+    config = {"task": args.task, "attack": "none", "rounds": args.rounds, "eval-every": 1, "eval-size": 100}
 
-    walls = {}
     with tempfile.TemporaryDirectory() as tmp, FlowerLauncher(Path(tmp) / "home") as launcher:
-        for rounds in (args.short, args.long):
-            config = {**base, "rounds": rounds, "results-dir": tmp}
-            with PeakMemory(launcher.home) as memory:
-                start = time.perf_counter()
-                outcome = launcher.run(APP, config, num_supernodes=args.nodes)
-                walls[rounds] = time.perf_counter() - start
-            if not outcome.ok:
-                raise SystemExit(f"run failed ({outcome.status}):\n{outcome.output[-2000:]}")
-    wall = (walls[args.long] - walls[args.short]) / (args.long - args.short)
-    compute = compute_per_round(RunSettings.from_run_config(base), args.nodes)
+        with PeakMemory(launcher.home) as memory:
+            outcome = launcher.run(APP, {**config, "results-dir": tmp}, num_supernodes=args.nodes)
+        if not outcome.ok:
+            raise SystemExit(f"run failed ({outcome.status}):\n{outcome.output[-2000:]}")
+        settings = RunSettings.from_run_config(config)
+        elapsed = {row["round"]: row["elapsed"] for row in read_run(results_path(
+            RunSettings.from_run_config({**config, "results-dir": tmp})))[1]}
+    wall = (elapsed[args.rounds] - elapsed[1]) / (args.rounds - 1)
+    compute = compute_per_round(settings, args.nodes)
     overhead = wall - compute
-    print(f"{args.task}, {args.nodes} nodes ({args.nodes - 3} honest), CPU, torch threads {torch.get_num_threads()}")
-    print(f"runs: {args.short} rounds {walls[args.short]:.1f} s, {args.long} rounds {walls[args.long]:.1f} s")
-    print(f"{'wall per round':<28}{wall * 1000:>10.0f} ms")
+    print(f"{args.task}, {args.nodes} nodes ({args.nodes - settings.num_byzantine} honest), CPU, "
+          f"torch threads {torch.get_num_threads()}, {args.rounds} rounds")
+    print(f"{'wall per round':<28}{wall * 1000:>10.0f} ms   (rounds 2..{args.rounds}, from the results file)")
     print(f"{'compute per round':<28}{compute * 1000:>10.0f} ms   (honest steps over {os.cpu_count()} cores + aggregation)")
     print(f"{'framework overhead':<28}{overhead * 1000:>10.0f} ms   = {overhead / compute:.2f} x compute")
-    print(f"{'peak memory of the long run':<28}{memory.peak / 2**20:>10.0f} MiB  (PSS of all its processes)")
+    print(f"{'peak memory of the run':<28}{memory.peak / 2**20:>10.0f} MiB  (PSS of all its processes)")
 
 
 if __name__ == "__main__":

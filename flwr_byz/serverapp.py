@@ -33,7 +33,9 @@ def wait_for_nodes(grid: Grid, timeout: float = 120.0) -> int:
 
 def central_evaluator(settings: RunSettings, task: Task, adversary: OmniscientAdversary, log_: RunLog):
     """``evaluate_fn`` for ``Strategy.start``: test loss/accuracy every ``eval-every`` rounds,
-    written with the round's honest training metrics to the results file."""
+    written with the round's honest training metrics and the seconds ``elapsed`` since the
+    strategy started to the results file."""
+    start = time.time()
     x, y = task.load("test", settings.data_dir or None)
     if settings.eval_size:
         keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(settings.seed))[: settings.eval_size]
@@ -46,7 +48,8 @@ def central_evaluator(settings: RunSettings, task: Task, adversary: OmniscientAd
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = task.evaluate(model, x, y)
         train = dict(adversary.train_metrics.get(server_round, {}))
-        log_.append({"round": server_round, "test-loss": loss, "test-accuracy": accuracy, **train})
+        log_.append({"round": server_round, "test-loss": loss, "test-accuracy": accuracy, **train,
+                     "elapsed": round(time.time() - start, 3)})
         log(INFO, "[%s] round %d/%d: test accuracy %.4f, test loss %.4f", settings.name, server_round,
             settings.rounds, accuracy, loss)
         return MetricRecord({"test-loss": loss, "test-accuracy": accuracy})
