@@ -6,9 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import Rule
-from .median import CoordinateMedian
-
-STARTS = ("zero", "mean", "median")
+from .median import check_start, start_point
 
 
 class CenteredClipping(Rule):
@@ -27,20 +25,14 @@ class CenteredClipping(Rule):
             raise ValueError(f"CC needs tau > 0, got tau={tau}")
         if iterations < 1:
             raise ValueError(f"CC needs iterations >= 1, got {iterations}")
-        if start not in STARTS:
-            raise ValueError(f"CC start must be one of {', '.join(STARTS)}; got {start!r}")
+        check_start("CC", start)
         self.tau, self.iterations, self.start = tau, iterations, start
 
     def min_n(self) -> int:
         return 2 * self.f + 1
 
     def _apply(self, x: Tensor) -> Tensor:
-        if self.start == "zero":
-            v = x.new_zeros(x.shape[0], x.shape[-1])
-        elif self.start == "mean":
-            v = x.mean(dim=-2)
-        else:
-            v = CoordinateMedian(0)._apply(x)
+        v = start_point(x, self.start)
         for _ in range(self.iterations):
             diff = x - v.unsqueeze(-2)
             norms = torch.linalg.vector_norm(diff, dim=-1, keepdim=True)

@@ -6,9 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import Rule
-from .median import CoordinateMedian
-
-STARTS = ("zero", "mean", "median")
+from .median import check_start, start_point
 
 
 def distances_to(x: Tensor, z: Tensor) -> Tensor:
@@ -43,8 +41,7 @@ class GeometricMedian(Rule):
             raise ValueError(f"GM needs nu > 0, got nu={nu}")
         if iterations < 1:
             raise ValueError(f"GM needs iterations >= 1, got {iterations}")
-        if start not in STARTS:
-            raise ValueError(f"GM start must be one of {', '.join(STARTS)}; got {start!r}")
+        check_start("GM", start)
         if tol is not None and not tol > 0:
             raise ValueError(f"GM tol must be positive or None, got {tol}")
         self.nu, self.iterations, self.start, self.tol = nu, iterations, start, tol
@@ -52,15 +49,8 @@ class GeometricMedian(Rule):
     def min_n(self) -> int:
         return 2 * self.f + 1
 
-    def _initial(self, x: Tensor) -> Tensor:
-        if self.start == "zero":
-            return x.new_zeros(x.shape[0], x.shape[-1])
-        if self.start == "mean":
-            return x.mean(dim=-2)
-        return CoordinateMedian(0)._apply(x)
-
     def _apply(self, x: Tensor) -> Tensor:
-        z = self._initial(x)
+        z = start_point(x, self.start)
         for _ in range(self.iterations):
             dist = distances_to(x, z)
             weights = 1.0 / dist.clamp_min(self.nu)

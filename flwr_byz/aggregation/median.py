@@ -24,3 +24,21 @@ class CoordinateMedian(Rule):
         low = x.kthvalue(n // 2, dim=-2).values
         high = x.kthvalue(n // 2 + 1, dim=-2).values
         return (low + high) / 2
+
+
+STARTS = ("zero", "mean", "median")
+
+
+def check_start(rule: str, start: str) -> None:
+    """Raise ``ValueError`` unless ``start`` names a start point of an iterative rule."""
+    if start not in STARTS:
+        raise ValueError(f"{rule} start must be one of {', '.join(STARTS)}; got {start!r}")
+
+
+def start_point(x: Tensor, start: str) -> Tensor:
+    """Initial centre ``(k, d)`` of an iterative rule on ``(k, n, d)``: zero, the mean or the CM."""
+    if start == "zero":
+        return x.new_zeros(x.shape[0], x.shape[-1])
+    if start == "mean":
+        return x.mean(dim=-2)
+    return CoordinateMedian(0)._apply(x)
