@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,8 @@ class FlowerLauncher:
     ) -> RunOutcome:
         """`flwr run app_dir --stream` with ``run_config`` overrides; the run's outcome.
 
-        Output lines are copied to ``echo`` as they arrive (progress for long runs).
+        Output lines are copied to ``echo`` as they arrive (progress for long runs); after
+        ``timeout`` seconds `flwr run` is killed and the run's status is whatever `flwr ls` says.
         """
         overrides = " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
         federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus={num_cpus} "
@@ -99,6 +101,8 @@ class FlowerLauncher:
         proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 cwd=self.home)
         lines: list[str] = []
+        watchdog = threading.Timer(timeout, proc.kill)  # a hung run is killed, not waited for forever
+        watchdog.start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -106,9 +110,9 @@ class FlowerLauncher:
                 if echo is not None:
                     echo.write(line)
                     echo.flush()
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            proc.wait()
+        finally:
+            watchdog.cancel()
         output = "".join(lines)
         match = RUN_ID.search(output)
         run_id = match.group(1) if match else None
