@@ -1,6 +1,9 @@
 """Per-round cost of the paper app under `flwr run`: compute vs framework overhead, and peak memory.
 
-    python benchmarks/bench_flower_round.py [--task mnist] [--nodes 15] [--rounds 20]
+    python benchmarks/bench_flower_round.py [--task mnist] [--nodes 15] [--rounds 20] [--attacks none]
+    python benchmarks/bench_flower_round.py --task mnist-logreg --attacks sf,jump --rounds 60 --set lr=0.7
+
+* per attack, one run; ratios are to the first attack's run (e.g. JUMP's cost per Flower round vs SF's).
 
 * wall per round: one run evaluating (on 100 test images) every round; the results file's
   ``elapsed`` column gives ``(elapsed[R] - elapsed[1]) / (R - 1)``, which leaves out start-up
@@ -104,31 +107,43 @@ def compute_per_round(settings: RunSettings, nodes: int, rounds: int = 3) -> flo
     return steps / min(os.cpu_count() or 1, h) + (time.perf_counter() - start) / rounds
 
 
+def wall_per_round(launcher: FlowerLauncher, config: dict, nodes: int, tmp: str) -> tuple[float, int]:
+    """Seconds per round (rounds 2..R, from the results file) and peak PSS of one `flwr run`."""
+    settings = RunSettings.from_run_config({**config, "results-dir": tmp})
+    with PeakMemory(launcher.home) as memory:
+        outcome = launcher.run(APP, settings.to_run_config(), num_supernodes=nodes)
+    if not outcome.ok:
+        raise SystemExit(f"run failed ({outcome.status}):\n{outcome.output[-2000:]}")
+    elapsed = {row["round"]: row["elapsed"] for row in read_run(results_path(settings))[1]}
+    return (elapsed[settings.rounds] - elapsed[1]) / (settings.rounds - 1), memory.peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="mnist")
+    parser.add_argument("--aggregation", default="nnm+cm")
     parser.add_argument("--nodes", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--attacks", default="none", help="comma-separated; the first is the baseline of the ratios")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other run-config keys")
     args = parser.parse_args()
-    config = {"task": args.task, "attack": "none", "rounds": args.rounds, "eval-every": 1, "eval-size": 100}
+    base = {"task": args.task, "aggregation": args.aggregation, "rounds": args.rounds, "eval-every": 1,
+            "eval-size": 100, **dict(item.split("=", 1) for item in args.set)}
+    attacks = args.attacks.split(",")
 
     with tempfile.TemporaryDirectory() as tmp, FlowerLauncher(Path(tmp) / "home") as launcher:
-        with PeakMemory(launcher.home) as memory:
-            outcome = launcher.run(APP, {**config, "results-dir": tmp}, num_supernodes=args.nodes)
-        if not outcome.ok:
-            raise SystemExit(f"run failed ({outcome.status}):\n{outcome.output[-2000:]}")
-        settings = RunSettings.from_run_config(config)
-        elapsed = {row["round"]: row["elapsed"] for row in read_run(results_path(
-            RunSettings.from_run_config({**config, "results-dir": tmp})))[1]}
-    wall = (elapsed[args.rounds] - elapsed[1]) / (args.rounds - 1)
+        runs = {attack: wall_per_round(launcher, {**base, "attack": attack}, args.nodes, tmp) for attack in attacks}
+    settings = RunSettings.from_run_config({**base, "attack": attacks[0]})
+    print(f"{args.task}, {args.aggregation}, {args.nodes} nodes ({args.nodes - settings.num_byzantine} honest), CPU, "
+          f"torch threads {torch.get_num_threads()}, {args.rounds} rounds per run")
+    print(f"{'attack':<10}{'wall/round':>12}{'x ' + attacks[0]:>10}{'peak PSS':>12}")
+    for attack, (wall, peak) in runs.items():
+        print(f"{attack:<10}{wall * 1000:>9.0f} ms{wall / runs[attacks[0]][0]:>10.2f}{peak / 2**20:>8.0f} MiB")
+    wall = runs[attacks[0]][0]
     compute = compute_per_round(settings, args.nodes)
-    overhead = wall - compute
-    print(f"{args.task}, {args.nodes} nodes ({args.nodes - settings.num_byzantine} honest), CPU, "
-          f"torch threads {torch.get_num_threads()}, {args.rounds} rounds")
-    print(f"{'wall per round':<28}{wall * 1000:>10.0f} ms   (rounds 2..{args.rounds}, from the results file)")
-    print(f"{'compute per round':<28}{compute * 1000:>10.0f} ms   (honest steps over {os.cpu_count()} cores + aggregation)")
-    print(f"{'framework overhead':<28}{overhead * 1000:>10.0f} ms   = {overhead / compute:.2f} x compute")
-    print(f"{'peak memory of the run':<28}{memory.peak / 2**20:>10.0f} MiB  (PSS of all its processes)")
+    print(f"\n{attacks[0]}: compute {compute * 1000:.0f} ms per round (honest steps over {os.cpu_count()} cores + "
+          f"aggregation, no Flower), framework overhead {(wall - compute) * 1000:.0f} ms = "
+          f"{(wall - compute) / compute:.2f} x compute")
 
 
 if __name__ == "__main__":
