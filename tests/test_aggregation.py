@@ -58,6 +58,12 @@ def test_gm_tolerance_stops_early_at_the_same_point():
     assert torch.allclose(long, early, atol=1e-10)
 
 
+def test_gm_with_tolerance_stops_each_problem_of_a_batch_on_its_own():
+    x = torch.randn(3, 7, 4, dtype=torch.float64) * torch.tensor([1.0, 100.0, 0.01], dtype=torch.float64)[:, None, None]
+    agg = get_aggregator("gm", 1, iterations=200, tol=1e-6)
+    assert torch.equal(agg(x), torch.stack([agg(xi) for xi in x]))
+
+
 @pytest.mark.parametrize("start", ["zero", "mean", "median"])
 def test_gm_start_points_reach_the_same_median(start):
     x = torch.randn(7, 3, dtype=torch.float64)

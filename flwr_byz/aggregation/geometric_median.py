@@ -20,8 +20,8 @@ class GeometricMedian(Rule):
     ``z <- sum_i (x_i / b_i) / sum_i (1 / b_i)``, ``b_i = max(nu, ||x_i - z||)``,
 
     for ``iterations`` steps (paper: T = 8, nu = 0.1) from ``start`` (``zero``,
-    ``mean`` or coordinate-wise ``median``), stopping early once every problem
-    of the batch moves less than ``tol``. Requires ``n > 2f``. Memory O(k*d + k*n):
+    ``mean`` or coordinate-wise ``median``); with ``tol``, each problem of a batch stops
+    once it moves less than ``tol`` (so a batch equals a loop). Requires ``n > 2f``. Memory O(k*d + k*n):
     distances come from ``torch.cdist`` in its exact (non-Gram) mode.
     """
 
@@ -51,12 +51,16 @@ class GeometricMedian(Rule):
 
     def _apply(self, x: Tensor) -> Tensor:
         z = start_point(x, self.start)
+        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)  # problems still moving
         for _ in range(self.iterations):
-            dist = distances_to(x, z)
-            weights = 1.0 / dist.clamp_min(self.nu)
+            weights = 1.0 / distances_to(x, z).clamp_min(self.nu)
             new = (weights.unsqueeze(-2) @ x).squeeze(-2) / weights.sum(dim=-1, keepdim=True)
-            moved = torch.linalg.vector_norm(new - z, dim=-1).max()
-            z = new
-            if self.tol is not None and moved <= self.tol:
+            if self.tol is None:
+                z = new
+                continue
+            moved = torch.linalg.vector_norm(new - z, dim=-1)
+            z = torch.where(active.unsqueeze(-1), new, z)
+            active &= moved > self.tol
+            if not active.any():
                 break
         return z
