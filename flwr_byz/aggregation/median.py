@@ -3,12 +3,13 @@
 from torch import Tensor
 
 from .base import Rule
+from .sorting import sort_rows
 
 
 class CoordinateMedian(Rule):
     """``F(x)_j = median_i x_ij``; for even ``n`` the mean of the two middle values.
 
-    Breakdown point 1/2: requires ``n > 2f``.
+    Breakdown point 1/2: requires ``n > 2f``. Computed by a selection network (``sorting``).
     """
 
     name = "cm"
@@ -19,11 +20,9 @@ class CoordinateMedian(Rule):
 
     def _apply(self, x: Tensor) -> Tensor:
         n = x.shape[-2]
-        if n % 2:
-            return x.median(dim=-2).values
-        low = x.kthvalue(n // 2, dim=-2).values
-        high = x.kthvalue(n // 2 + 1, dim=-2).values
-        return (low + high) / 2
+        middle = (n // 2,) if n % 2 else (n // 2 - 1, n // 2)
+        rows = sort_rows(list(x.unbind(-2)), middle)
+        return rows[n // 2] if n % 2 else (rows[n // 2 - 1] + rows[n // 2]) / 2
 
 
 STARTS = ("zero", "mean", "median")

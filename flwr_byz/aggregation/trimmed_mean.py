@@ -1,15 +1,17 @@
 """Coordinate-wise trimmed mean (Yin et al., 2018)."""
 
+import torch
 from torch import Tensor
 
 from .base import Rule
+from .sorting import sort_rows
 
 
 class TrimmedMean(Rule):
     """Per coordinate, drop the ``f`` largest and ``f`` smallest values and average the rest:
 
     ``F(x)_j = 1/(n - 2f) sum_{i=f+1}^{n-f} x_(i)j`` with ``x_(1)j <= ... <= x_(n)j``.
-    Requires ``n > 2f``.
+    Requires ``n > 2f``. The order statistics come from a selection network (``sorting``).
     """
 
     name = "tm"
@@ -22,4 +24,5 @@ class TrimmedMean(Rule):
         if self.f == 0:
             return x.mean(dim=-2)
         n = x.shape[-2]
-        return x.sort(dim=-2).values[..., self.f : n - self.f, :].mean(dim=-2)
+        kept = sort_rows(list(x.unbind(-2)), range(self.f, n - self.f))[self.f : n - self.f]
+        return torch.stack(kept, dim=-2).mean(dim=-2)

@@ -28,7 +28,6 @@ factorisation ``H^T = Q R`` of the honest stack ``H`` (once per step, ``O(h^2 d)
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
 
 import torch
 from torch import Tensor
@@ -44,6 +43,7 @@ from ..aggregation import (
     StaticClipping,
     TrimmedMean,
 )
+from ..aggregation.sorting import sort_rows
 
 SPAN_PRE = (NearestNeighborMixing, StaticClipping)
 SPAN_RULES = (Mean, GeometricMedian, Krum, MultiKrum)
@@ -101,27 +101,3 @@ class SpanAggregation:
             return order_stat((n + 1) // 2) if n % 2 else (order_stat(n // 2) + order_stat(n // 2 + 1)) / 2
         t = self.aggregation.rule.f
         return torch.stack([order_stat(q) for q in range(t + 1, n - t + 1)]).mean(0)
-
-
-def sort_rows(rows: list[Tensor]) -> list[Tensor]:
-    """Elementwise sort of equally shaped tensors: ``out[0] <= ... <= out[-1]`` everywhere."""
-    for a, b in merge_network(len(rows)):
-        rows[a], rows[b] = torch.minimum(rows[a], rows[b]), torch.maximum(rows[a], rows[b])
-    return rows
-
-
-@cache
-def merge_network(n: int) -> tuple[tuple[int, int], ...]:
-    """Comparators ``(a, b)``, ``a < b``, of Batcher's odd-even merge sort of ``n`` wires (any ``n``)."""
-    pairs = []
-    p = 1
-    while p < n:
-        k = p
-        while k >= 1:
-            for j in range(k % p, n - k, 2 * k):
-                for i in range(min(k, n - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    return tuple(pairs)
