@@ -67,7 +67,8 @@ def stress(args: argparse.Namespace) -> int:
                 continue
             print(f"[{attack}] {settings.name}: {settings.rounds} rounds on {args.nodes} nodes via flwr run ...")
             start = time.time()
-            outcome = launcher.run(PAPER_APP, settings.to_run_config(), num_supernodes=args.nodes, echo=Progress())
+            outcome = launcher.run(PAPER_APP, settings.to_run_config(), num_supernodes=args.nodes,
+                                   num_gpus=args.gpus, echo=Progress())
             print(f"[{attack}] {outcome.status} in {time.time() - start:.0f} s -> {path}")
             if not outcome.ok:
                 failed.append(attack)
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attacks", default="none,sf,alie,jump", help="comma-separated attack names")
     p.add_argument("--f", type=int, default=3, help="number of Byzantine nodes")
     p.add_argument("--nodes", type=int, default=15, help="n, all nodes (n - f honest)")
+    p.add_argument("--gpus", type=float, default=0.0, help="GPUs per client (Ray's client-resources-num-gpus)")
     p.add_argument("--alpha", type=float, default=0.1, help="Dirichlet heterogeneity (<= 0: IID)")
     p.add_argument("--rounds", type=int, default=200)
     p.add_argument("--seed", type=int, default=1)
