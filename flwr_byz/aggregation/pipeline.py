@@ -39,30 +39,31 @@ class Aggregation:
 
     def check(self, n: int) -> None:
         """Raise ``ValueError`` if the pipeline cannot aggregate ``n`` vectors with its ``f``."""
-        received = n
-        for stage in (*self.pre, self.rule):
-            if received < stage.min_n() and self.pre:
-                raise ValueError(
-                    f"{self.spec!r} cannot aggregate n={n} vectors with f={self.f}: "
-                    f"{stage.name.upper()} needs {stage.requirement} but receives {received}; "
-                    f"use at least n={self.min_n()} nodes or a smaller f"
-                )
+        stage, received = self._first_short_stage(n)
+        if stage is None:
+            return
+        if not self.pre:
             stage.check(received)
-            received = stage.output_n(received)
+        raise ValueError(
+            f"{self.spec!r} cannot aggregate n={n} vectors with f={self.f}: "
+            f"{stage.name.upper()} needs {stage.requirement} but receives {received}; "
+            f"use at least n={self.min_n()} nodes or a smaller f"
+        )
 
     def min_n(self) -> int:
         """Smallest number of inputs the whole pipeline accepts."""
         n = 1
-        while not self._accepts(n):
+        while self._first_short_stage(n)[0] is not None:
             n += 1
         return n
 
-    def _accepts(self, n: int) -> bool:
+    def _first_short_stage(self, n: int) -> tuple[Stage | None, int]:
+        """The first stage that would receive too few vectors from ``n`` inputs, and how many it gets."""
         for stage in (*self.pre, self.rule):
             if n < stage.min_n():
-                return False
+                return stage, n
             n = stage.output_n(n)
-        return True
+        return None, n
 
     def __call__(self, x: Tensor) -> Tensor:
         batch, single = as_batch(x)

@@ -6,17 +6,18 @@ import json
 from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from torch import Tensor
 
 from ..aggregation import get_aggregator
 from ..attacks import Attack, AttackContext, get_attack
 from ..config import RunSettings
 from ..flat import FlatLayout
+from ..records import to_record, to_tensors
 from ..tasks import Task, seeded_generator
 from .honest import momentum_step
 from .nodes import Role, device, honest_partitions, local_data
-from .records import instruction, load_state, save_state, tensor
+from .records import instruction, load_state, save_state
 
 STATE_KEY = "attack-state"
 
@@ -58,7 +59,7 @@ def train_byzantine(msg: Message, context: Context) -> Message:
     role = Role.of(context, settings)
     arrays, config = instruction(msg)
     round_, gamma = int(config["server-round"]), float(config.get("lr", 1.0))
-    honest = tensor(msg.content["honest"], "gradients").to(device())
+    honest = to_tensors(msg.content["honest"])["gradients"].to(device())
     state = {k: v.to(device()) for k, v in arrays.to_torch_state_dict().items()}
     layout = FlatLayout.of(state)
     theta = layout.flatten(state, honest.dtype)
@@ -81,7 +82,7 @@ def train_byzantine(msg: Message, context: Context) -> Message:
     save_state(context.state, STATE_KEY, attack.state_dict())
     reply = state | layout.unflatten(theta - gamma * vector)
     content = RecordDict({
-        "arrays": ArrayRecord({k: v.cpu() for k, v in reply.items()}),
+        "arrays": to_record(reply),
         "metrics": msg.content["metrics"],
         "attack": ConfigRecord({k: float(v) for k, v in attack.metrics.items()}),
     })

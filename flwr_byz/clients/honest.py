@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from torch import Tensor, nn
 
 from ..config import RunSettings
 from ..flat import FlatLayout
+from ..records import to_record
 from ..tasks import Task, worker_step
 from .nodes import Role, device, local_data
 from .records import instruction, load_state, save_state
@@ -49,7 +50,7 @@ def train_honest(msg: Message, context: Context) -> Message:
     task, x, y = local_data(settings, role.partition_id, role.h)
     state, loss, batch = momentum_step(context, settings, task, x, y, msg, node=role.partition_id)
     content = RecordDict({
-        "arrays": ArrayRecord({k: v.cpu() for k, v in state.items()}),
+        "arrays": to_record(state),
         "metrics": MetricRecord({"num-examples": batch, "train-loss": loss}),
     })
     return Message(content=content, reply_to=msg)

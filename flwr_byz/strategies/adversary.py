@@ -19,7 +19,7 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from .records import to_tensors
+from ..records import to_tensors
 from .robust import RobustStrategy, pseudo_gradients
 from .screening import screen_replies
 

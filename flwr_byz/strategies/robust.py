@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..aggregation import Aggregation, get_aggregator
 from ..flat import FlatLayout
-from .records import to_record, to_tensors
+from ..records import to_record, to_tensors
 from .screening import screen_replies
 
 

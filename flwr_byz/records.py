@@ -1,4 +1,4 @@
-"""Conversions between Flower ArrayRecords and torch tensors."""
+"""Conversions between Flower ArrayRecords and named torch tensors (server and client side)."""
 
 from __future__ import annotations
 
