@@ -1,9 +1,12 @@
 """Per-round cost of the paper app under `flwr run`: compute vs framework overhead, and peak memory.
 
-    python benchmarks/bench_flower_round.py [--task mnist] [--nodes 15] [--rounds 20] [--attacks none]
-    python benchmarks/bench_flower_round.py --task mnist-logreg --attacks sf,jump --rounds 60 --set lr=0.7
+    python benchmarks/bench_flower_round.py [--task mnist] [--honest 12] [--fs 3] [--rounds 20] [--attacks none]
+    python benchmarks/bench_flower_round.py --task mnist-logreg --attacks sf,jump --fs 1,3 --rounds 60
 
-* per attack, one run; ratios are to the first attack's run (e.g. JUMP's cost per Flower round vs SF's).
+* per f (``--fs``: Byzantine nodes, n = honest + f) and attack, one run; ratios are to the first
+  attack's run at the same f (e.g. JUMP's cost per Flower round vs SF's). Attacks whose vector
+  is the same on every Byzantine node (SF, JUMP, ...) are computed by one node per round, so a
+  round under JUMP should cost about the same at f = 1 and f = 3.
 
 * wall per round: one run evaluating (on 100 test images) every round; the results file's
   ``elapsed`` column gives ``(elapsed[R] - elapsed[1]) / (R - 1)``, which leaves out start-up
@@ -30,7 +33,6 @@ from pathlib import Path
 
 import torch
 
-from flwr_byz.aggregation import get_aggregator
 from flwr_byz.clients.nodes import honest_partitions
 from flwr_byz.config import RunSettings
 from flwr_byz.experiments.flower import FlowerLauncher
@@ -88,7 +90,7 @@ def compute_per_round(settings: RunSettings, nodes: int, rounds: int = 3) -> flo
     h = nodes - settings.num_byzantine
     task, x, y, parts = honest_partitions(settings, h)
     data = [(x[torch.as_tensor(p)], y[torch.as_tensor(p)]) for p in parts]
-    aggregator = get_aggregator(settings.aggregation, settings.num_byzantine)
+    aggregator = settings.aggregator()
     torch.manual_seed(0)
     model = task.build_model()
     momentum: list[torch.Tensor | None] = [None] * h
@@ -122,27 +124,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="mnist")
     parser.add_argument("--aggregation", default="nnm+cm")
-    parser.add_argument("--nodes", type=int, default=15)
+    parser.add_argument("--honest", type=int, default=12, help="honest nodes (n = honest + f)")
+    parser.add_argument("--fs", default="3", help="comma-separated numbers of Byzantine nodes")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--attacks", default="none", help="comma-separated; the first is the baseline of the ratios")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other run-config keys")
     args = parser.parse_args()
     base = {"task": args.task, "aggregation": args.aggregation, "rounds": args.rounds, "eval-every": 1,
             "eval-size": 100, **dict(item.split("=", 1) for item in args.set)}
-    attacks = args.attacks.split(",")
+    attacks, fs = args.attacks.split(","), [int(f) for f in args.fs.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp, FlowerLauncher(Path(tmp) / "home") as launcher:
-        runs = {attack: wall_per_round(launcher, {**base, "attack": attack}, args.nodes, tmp) for attack in attacks}
-    settings = RunSettings.from_run_config({**base, "attack": attacks[0]})
-    print(f"{args.task}, {args.aggregation}, {args.nodes} nodes ({args.nodes - settings.num_byzantine} honest), CPU, "
+        runs = {(f, attack): wall_per_round(launcher, {**base, "attack": attack, "num-byzantine": f},
+                                            args.honest + f, tmp) for f in fs for attack in attacks}
+    print(f"{args.task}, {args.aggregation}, {args.honest} honest nodes, CPU, "
           f"torch threads {torch.get_num_threads()}, {args.rounds} rounds per run")
-    print(f"{'attack':<10}{'wall/round':>12}{'x ' + attacks[0]:>10}{'peak PSS':>12}")
-    for attack, (wall, peak) in runs.items():
-        print(f"{attack:<10}{wall * 1000:>9.0f} ms{wall / runs[attacks[0]][0]:>10.2f}{peak / 2**20:>8.0f} MiB")
-    wall = runs[attacks[0]][0]
-    compute = compute_per_round(settings, args.nodes)
-    print(f"\n{attacks[0]}: compute {compute * 1000:.0f} ms per round (honest steps over {os.cpu_count()} cores + "
-          f"aggregation, no Flower), framework overhead {(wall - compute) * 1000:.0f} ms = "
+    print(f"{'f':>3}  {'attack':<10}{'wall/round':>12}{'x ' + attacks[0]:>10}{'peak PSS':>12}")
+    for (f, attack), (wall, peak) in runs.items():
+        print(f"{f:>3}  {attack:<10}{wall * 1000:>9.0f} ms{wall / runs[f, attacks[0]][0]:>10.2f}"
+              f"{peak / 2**20:>8.0f} MiB")
+    settings = RunSettings.from_run_config({**base, "attack": attacks[0], "num-byzantine": fs[0]})
+    wall = runs[fs[0], attacks[0]][0]
+    compute = compute_per_round(settings, args.honest + fs[0])
+    print(f"\nf={fs[0]}, {attacks[0]}: compute {compute * 1000:.0f} ms per round (honest steps over {os.cpu_count()} "
+          f"cores + aggregation, no Flower), framework overhead {(wall - compute) * 1000:.0f} ms = "
           f"{(wall - compute) / compute:.2f} x compute")
 
 

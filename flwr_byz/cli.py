@@ -11,7 +11,7 @@ from pathlib import Path
 from .config import RunSettings
 from .experiments.flower import FlowerLauncher
 from .experiments.report import format_table, plot_accuracy, summary_row
-from .experiments.results import read_run, results_path
+from .experiments.results import is_complete, results_path
 
 PAPER_APP = Path(__file__).resolve().parents[1] / "simulations" / "paper"
 PROGRESS = re.compile(r"\] round \d+/\d+: test accuracy|Results written|Error|error:")
@@ -27,15 +27,6 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def complete(path: Path, rounds: int) -> bool:
-    """Whether a results file already holds the final round (a resumed sweep skips it)."""
-    try:
-        _, rows = read_run(path)
-    except (OSError, ValueError):
-        return False
-    return bool(rows) and rows[-1]["round"] == rounds
-
-
 class Progress:
     """Copies the run's progress lines (evaluations, errors) to stdout."""
 
@@ -47,33 +38,35 @@ class Progress:
         sys.stdout.flush()
 
 
-def stress(args: argparse.Namespace) -> int:
-    out_dir = Path(args.out).resolve()
+def planned_runs(args: argparse.Namespace) -> list[RunSettings]:
+    """One run per attack of ``--attacks``; settings are checked here, before anything runs."""
     base = {
         "task": args.task, "aggregation": args.aggregation, "num-byzantine": args.f, "alpha": args.alpha,
         "rounds": args.rounds, "seed": args.seed, "eval-every": args.eval_every, "eval-size": args.eval_size,
-        "results-dir": str(out_dir), **parse_overrides(args.set),
+        "results-dir": str(Path(args.out).resolve()), **parse_overrides(args.set),
     }
-    if args.task == "mnist-logreg":  # paper Table 3 unless overridden
-        base = {"lr": 0.7, "l2": 0.0, **base}
-    runs = [RunSettings.from_run_config({**base, "attack": attack}) for attack in args.attacks.split(",")]
-    paths, failed = [], []
+    return [RunSettings.from_run_config({**base, "attack": attack}) for attack in args.attacks.split(",")]
+
+
+def stress(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out).resolve()
+    runs = planned_runs(args)
+    failed = []
     with FlowerLauncher(out_dir / ".flwr-home") as launcher:
         for settings in runs:
             attack, path = settings.attack, results_path(settings)
-            paths.append(path)
-            if complete(path, settings.rounds):
-                print(f"[{attack}] already complete: {path}")
+            if is_complete(settings):
+                print(f"[{attack}] already complete with these settings: {path}")
                 continue
             print(f"[{attack}] {settings.name}: {settings.rounds} rounds on {args.nodes} nodes via flwr run ...")
             start = time.time()
             outcome = launcher.run(PAPER_APP, settings.to_run_config(), num_supernodes=args.nodes,
                                    num_gpus=args.gpus, echo=Progress())
             print(f"[{attack}] {outcome.status} in {time.time() - start:.0f} s -> {path}")
-            if not outcome.ok:
+            if not outcome.ok or not is_complete(settings):
                 failed.append(attack)
-                (out_dir / f"{settings.name}.log").write_text(outcome.output)
-    done = [p for p in paths if p.exists()]
+                (out_dir / f"{settings.name}_{settings.key}.log").write_text(outcome.output)
+    done = [results_path(s) for s in runs if is_complete(s)]
     if done:
         print()
         print(format_table([summary_row(p) for p in done]))
@@ -103,7 +96,7 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flwr-byz", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -133,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="+")
     p.add_argument("--plot", default=None, help="write an accuracy-vs-round PNG here")
     p.set_defaults(run=report)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)

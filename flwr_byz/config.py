@@ -1,81 +1,160 @@
 """Settings of one simulated run, read from Flower's run config (``[tool.flwr.app.config]``).
 
-Keys are the field names in kebab case (``num-byzantine``); the defaults are the
-paper's MNIST setting (Table 2) with NNM + CM, f = 3 and alpha = 0.1.
+Keys are the field names in kebab case (``num-byzantine``). The D-SGD hyper-parameters
+(``lr``, ``lr-milestone``, ``lr-gamma``, ``batch-size``, ``clip``, ``l2``, ``rounds``,
+``momentum``) default to ``"auto"``: the task's paper values (``Task.defaults``, the one
+source of them). Every value is checked when the settings are built, so a typo or an
+impossible value fails before training starts, naming the valid choices.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .aggregation import get_aggregator
-from .attacks import ATTACKS
-from .tasks import TASKS, WorkerConfig
+from .aggregation import Aggregation, get_aggregator
+from .attacks import ATTACKS, Attack, get_attack
+from .attacks.line_search import SOLVERS
+from .tasks import TASKS, WorkerConfig, get_task, lr_at
+
+AUTO = "auto"
+
+
+def parse_params(text: str, key: str) -> dict[str, Any]:
+    """``"nu=0.2, start=median"`` -> ``{"nu": 0.2, "start": "median"}`` (ints, floats, true/false, strings)."""
+    params: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{key}: expected comma-separated key=value pairs, got {item!r} in {text!r}")
+        params[name.strip()] = _literal(raw.strip())
+    return params
+
+
+def _literal(raw: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    return raw.strip("\"'")
 
 
 @dataclass(frozen=True)
 class RunSettings:
     """One experiment: task, defence, attack, heterogeneity and honest D-SGD hyper-parameters.
 
-    ``alpha <= 0`` means IID data; ``clip <= 0`` no clipping; ``lr-milestone = 0`` a
-    constant step, otherwise ``lr * lr-gamma`` from round ``lr-milestone + 1`` on;
-    ``eval-size = 0`` the whole test set; empty ``results-dir`` / ``data-dir`` the defaults.
+    ``num-byzantine`` is the number of Byzantine nodes in the run (the last partition ids);
+    ``aggregation-f`` the f the defence assumes (``auto``: ``num-byzantine``).
+    ``aggregation-params`` / ``attack-params``: ``"key=value, ..."`` for the rule's stages / the attack.
+    ``alpha <= 0`` means IID data; ``clip = 0`` no clipping; ``lr-milestone = 0`` a constant
+    step, otherwise ``lr * lr-gamma`` from round ``lr-milestone + 1`` on; ``eval-size = 0``
+    the whole test set; empty ``results-dir`` / ``data-dir`` the defaults. Fields left
+    ``None`` (run config ``"auto"``) are resolved at construction.
     """
 
     task: str = "mnist"
     aggregation: str = "nnm+cm"
+    aggregation_f: int | None = None
+    aggregation_params: str = ""
     num_byzantine: int = 3
     attack: str = "none"
+    attack_params: str = ""
+    jump_solver: str = "global"
+    jump_loss_size: int = 1024
     alpha: float = 0.1
     seed: int = 1
-    rounds: int = 800
-    lr: float = 0.1
-    lr_milestone: int = 0
-    lr_gamma: float = 0.1
-    batch_size: int = 32
-    clip: float = 2.0
-    l2: float = 1e-4
-    momentum: float = 0.9
+    rounds: int | None = None
+    lr: float | None = None
+    lr_milestone: int | None = None
+    lr_gamma: float | None = None
+    batch_size: int | None = None
+    clip: float | None = None
+    l2: float | None = None
+    momentum: float | None = None
     server_lr: float = 1.0
     eval_every: int = 10
     eval_size: int = 0
-    jump_solver: str = "global"
-    jump_loss_size: int = 1024
     results_dir: str = ""
     data_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
+        for name, value in get_task(self.task).defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.aggregation_f is None:
+            object.__setattr__(self, "aggregation_f", self.num_byzantine)
+        if self.num_byzantine < 0:
+            raise ValueError(f"num-byzantine must be >= 0, got {self.num_byzantine}")
         if self.attack != "none" and self.attack not in ATTACKS:
             raise ValueError(f"unknown attack {self.attack!r}; valid: none, {', '.join(ATTACKS)}")
-        get_aggregator(self.aggregation, self.num_byzantine)  # unknown names fail here, naming the valid ones
+        if self.jump_solver not in SOLVERS:
+            raise ValueError(f"unknown jump-solver {self.jump_solver!r}; valid: {', '.join(SOLVERS)}")
+        self.aggregator()  # unknown names and parameters a stage rejects fail here
+        if self.attack != "none":
+            self.make_attack()
         for name in ("rounds", "batch_size", "eval_every", "jump_loss_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("lr", "server_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.lr_milestone < 0 or not self.lr_gamma > 0 or self.clip < 0 or self.l2 < 0 or self.eval_size < 0:
+            raise ValueError("need lr-milestone >= 0, lr-gamma > 0, clip >= 0, l2 >= 0 and eval-size >= 0")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 
+    # --------------------------------------------------------------- run config
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> RunSettings:
-        """Settings from a run config; unknown keys raise ``ValueError`` listing the valid ones."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        """Settings from a run config; unknown keys or values of the wrong type raise ``ValueError``."""
+        hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for key, value in config.items():
             name = key.replace("-", "_")
-            if name not in fields:
-                valid = ", ".join(f.replace("_", "-") for f in fields)
+            if name not in hints:
+                valid = ", ".join(f.name.replace("_", "-") for f in dataclasses.fields(cls))
                 raise ValueError(f"unknown run-config key {key!r}; valid keys: {valid}")
-            kind = type(fields[name].default)
-            values[name] = kind(value)
+            values[name] = _coerce(key, value, hints[name])
         return cls(**values)
 
     def to_run_config(self) -> dict[str, Any]:
-        """The settings as run-config items (kebab-case keys)."""
+        """The (resolved) settings as run-config items (kebab-case keys)."""
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def key(self) -> str:
+        """A hash of every setting that shapes the results (all but ``results-dir``): a run's identity."""
+        config = {k: v for k, v in self.to_run_config().items() if k != "results-dir"}
+        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+    # --------------------------------------------------------------- what the settings build
+    @property
+    def aggregation_kwargs(self) -> dict[str, Any]:
+        """``aggregation-params`` as keyword arguments of ``get_aggregator``."""
+        return parse_params(self.aggregation_params, "aggregation-params")
+
+    def aggregator(self) -> Aggregation:
+        """The defended rule ``get_aggregator(aggregation, aggregation-f, **aggregation-params)``."""
+        return get_aggregator(self.aggregation, self.aggregation_f, **self.aggregation_kwargs)
+
+    def make_attack(self) -> Attack:
+        """The attack ``get_attack(attack, **attack-params)`` (JUMP with ``solver=jump-solver``)."""
+        params = parse_params(self.attack_params, "attack-params")
+        if self.attack == "jump":
+            if "solver" in params:
+                raise ValueError("attack-params: set JUMP's solver with the jump-solver key")
+            params["solver"] = self.jump_solver
+        return get_attack(self.attack, **params)
 
     @property
     def alpha_or_iid(self) -> float | None:
@@ -84,8 +163,7 @@ class RunSettings:
 
     def lr_at(self, round: int) -> float:
         """Client step ``gamma_t`` of round ``t`` (1-based)."""
-        decayed = self.lr_milestone and round > self.lr_milestone
-        return self.lr * self.lr_gamma if decayed else self.lr
+        return lr_at(round, self.lr, self.lr_milestone, self.lr_gamma)
 
     def worker(self) -> WorkerConfig:
         """Hyper-parameters of the honest worker step."""
@@ -96,6 +174,23 @@ class RunSettings:
 
     @property
     def name(self) -> str:
-        """Short run name: task, defence, attack, f, alpha, seed."""
+        """Short display name: task, defence, attack, f, alpha, seed (not an identity: see :attr:`key`)."""
         alpha = f"a{self.alpha:g}" if self.alpha > 0 else "iid"
         return f"{self.task}_{self.aggregation}_{self.attack}_f{self.num_byzantine}_{alpha}_s{self.seed}"
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as the field's type; ``"auto"`` is ``None`` where the field allows it."""
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+    if value == AUTO and type(None) in typing.get_args(hint):
+        return None
+    kind = kinds[0]
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        out = None
+    if out is None or isinstance(value, bool) or (kind is int and float(value) != out):
+        auto = " or 'auto'" if type(None) in typing.get_args(hint) else ""
+        raise ValueError(f"run-config key {key!r} needs {'an' if kind is int else 'a'} {kind.__name__}{auto}, "
+                         f"got {value!r}")
+    return out

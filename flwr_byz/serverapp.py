@@ -11,7 +11,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from .config import RunSettings
-from .experiments.results import RunLog, results_path
+from .experiments.results import RunLog
 from .strategies import OmniscientAdversary, RobustStrategy
 from .tasks import Task, get_task
 
@@ -65,17 +65,19 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(settings.seed)
     model = task.build_model()
     strategy = RobustStrategy(
-        aggregation=settings.aggregation, num_byzantine=settings.num_byzantine, server_lr=settings.server_lr,
+        aggregation=settings.aggregation, f=settings.aggregation_f, server_lr=settings.server_lr,
+        aggregation_params=settings.aggregation_kwargs,
         lr_schedule=settings.lr_at, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n,
     )
     adversary = OmniscientAdversary(strategy, attack=settings.attack != "none", seed=settings.seed)
-    path = results_path(settings)
-    log(INFO, "Results of %s go to %s", settings.name, path)
+    log_ = RunLog(settings)
+    log(INFO, "Results of %s go to %s", settings.name, log_.path)
+    start = time.time()
     adversary.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=settings.rounds,
         train_config=ConfigRecord({"lr": settings.lr}),
-        evaluate_fn=central_evaluator(settings, task, adversary, RunLog(path, settings)),
+        evaluate_fn=central_evaluator(settings, task, adversary, log_),
     )
-    log(INFO, "Results written to %s", path)
+    log(INFO, "Results written to %s", log_.finish(seconds=round(time.time() - start, 3)))

@@ -65,3 +65,33 @@ def configure(strategy, arrays: dict[str, np.ndarray], num_nodes: int, config: d
               server_round: int = 1) -> list[Message]:
     record = ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
     return list(strategy.configure_train(server_round, record, ConfigRecord(config or {}), NodesGrid(num_nodes)))
+
+
+class LoopbackGrid(NodesGrid):
+    """A Grid that delivers each message in-process to ``app(message, contexts[node])`` (a real
+    ClientApp) and keeps every message it sent; an exception becomes an error reply, as in Flower."""
+
+    def __init__(self, app, contexts: dict) -> None:
+        self.nodes, self.app, self.contexts = list(contexts), app, contexts
+        self.sent: list[Message] = []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"m{len(self.sent)}"  # the SuperLink's job
+            self.sent.append(msg)
+            try:
+                reply = self.app(msg, self.contexts[msg.metadata.dst_node_id])
+            except Exception as err:  # noqa: BLE001 - Flower turns any client exception into an error reply
+                reply = msg.create_error_reply(Error(code=0, reason=f"{type(err).__name__}: {err}"))
+            reply.metadata.__dict__["_message_id"] = f"r{len(self.sent)}"
+            replies.append(reply)
+        return replies
+
+
+def simulation_contexts(run_config: dict, num_nodes: int) -> dict:
+    """Contexts of ``num_nodes`` simulated nodes (ids 1..n, partition ids 0..n-1) sharing ``run_config``."""
+    from flwr.app import Context
+
+    return {i + 1: Context(run_id=1, node_id=i + 1, node_config={"partition-id": i, "num-partitions": num_nodes},
+                           state=RecordDict(), run_config=dict(run_config)) for i in range(num_nodes)}

@@ -7,7 +7,7 @@ from flwr_byz.strategies import DefendedRule, RobustStrategy, defended_rule
 
 
 @pytest.mark.parametrize("strategy, expected", [
-    (RobustStrategy(aggregation="nnm+gm", num_byzantine=3, server_lr=0.5, aggregation_params={"nu": 0.2}),
+    (RobustStrategy(aggregation="nnm+gm", f=3, server_lr=0.5, aggregation_params={"nu": 0.2}),
      DefendedRule("nnm+gm", 3, {"nu": 0.2}, 0.5)),
     (FedMedian(), DefendedRule("cm", 0)),
     (FedTrimmedAvg(beta=0.2), DefendedRule("tm", 2)),

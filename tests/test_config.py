@@ -1,32 +1,46 @@
-"""Run settings: the app's pyproject defaults, override files, parsing errors."""
+"""Run settings: the app's pyproject defaults, the tasks' paper values, override files, errors."""
 
 import tomllib
 
 import pytest
 
 from conftest import ROOT
-from flwr_byz.config import RunSettings
+from flwr_byz.config import RunSettings, parse_params
 
 APP = ROOT / "simulations/paper"
+APP_CONFIG = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
 
 def test_app_defaults_are_the_settings_defaults():
-    config = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert config == RunSettings().to_run_config()
-    assert RunSettings.from_run_config(config) == RunSettings()
+    assert RunSettings.from_run_config(APP_CONFIG) == RunSettings()
+    assert set(APP_CONFIG) == set(RunSettings().to_run_config())
+
+
+@pytest.mark.parametrize("task, expected", [
+    # paper Table 2 (MNIST, CIFAR-10), Table 3 (logistic regression), section 4 (toy2d)
+    ("mnist", dict(lr=0.1, lr_milestone=0, batch_size=32, clip=2.0, l2=1e-4, rounds=800, momentum=0.9)),
+    ("cifar10", dict(lr=0.25, lr_milestone=1000, lr_gamma=0.1, batch_size=64, clip=5.0, l2=1e-2, rounds=1500,
+                     momentum=0.9)),
+    ("mnist-logreg", dict(lr=0.7, batch_size=32, clip=2.0, l2=0.0, rounds=640, momentum=0.9)),
+    ("toy2d", dict(lr=1.2, batch_size=1, clip=0.0, l2=0.0, rounds=100, momentum=0.0)),
+])
+def test_the_app_trains_each_task_with_its_paper_values(task, expected):
+    settings = RunSettings.from_run_config({**APP_CONFIG, "task": task})  # what `--run-config task=...` gives
+    assert {k: getattr(settings, k) for k in expected} == expected
+
+
+def test_cifar_schedule_and_overrides_win():
+    settings = RunSettings.from_run_config({**APP_CONFIG, "task": "cifar10"})
+    assert settings.lr_at(1000) == 0.25 and settings.lr_at(1001) == pytest.approx(0.025)
+    assert settings.worker().clip == 5.0 and settings.worker().batch_size == 64
+    tuned = RunSettings.from_run_config({**APP_CONFIG, "task": "cifar10", "lr": 0.1, "clip": 0})
+    assert tuned.lr_at(1) == 0.1 and tuned.worker().clip is None and tuned.l2 == 1e-2
 
 
 @pytest.mark.parametrize("name", ["cifar10", "mnist-logreg", "toy2d"])
 def test_override_files_only_use_known_keys(name):
     overrides = tomllib.loads((APP / "configs" / f"{name}.toml").read_text())
-    settings = RunSettings.from_run_config(overrides)
-    assert settings.task == name
-
-
-def test_cifar_schedule_and_paper_values():
-    settings = RunSettings.from_run_config(tomllib.loads((APP / "configs/cifar10.toml").read_text()))
-    assert settings.lr_at(1000) == 0.25 and settings.lr_at(1001) == pytest.approx(0.025)
-    assert settings.worker().clip == 5.0 and settings.worker().batch_size == 64
+    assert RunSettings.from_run_config({**APP_CONFIG, **overrides}).task == name
 
 
 def test_unknown_key_lists_the_valid_ones():
@@ -40,10 +54,48 @@ def test_values_are_coerced_and_special_values_mean_off():
     assert settings.name == "mnist_nnm+cm_none_f5_iid_s1"
 
 
+def test_the_defence_f_is_its_own_key():
+    assert RunSettings(num_byzantine=2).aggregation_f == 2  # auto
+    settings = RunSettings.from_run_config({"num-byzantine": 1, "aggregation-f": 3, "aggregation": "nnm+tm"})
+    assert (settings.num_byzantine, settings.aggregator().f) == (1, 3)
+
+
+def test_stage_and_attack_parameters():
+    settings = RunSettings(aggregation="bucketing+nnm+gm", aggregation_params="nu=0.2, s=3, start=median",
+                           attack="foe", attack_params="eps=2")
+    agg = settings.aggregator()
+    assert agg.rule.nu == 0.2 and agg.rule.start == "median" and agg.pre[0].s == 3
+    assert settings.make_attack().eps == 2
+    assert RunSettings(attack="jump", jump_solver="powell").make_attack().solver.start == 1.0
+    assert parse_params(" a=1, b=2.5 , c=true, d='x' ", "k") == {"a": 1, "b": 2.5, "c": True, "d": "x"}
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("task", "mnist2", "unknown task"), ("attack", "jmup", "unknown attack"),
     ("aggregation", "nnm+median", "unknown aggregation rule"), ("rounds", 0, "rounds must be at least 1"),
+    ("jump-solver", "glob", r"unknown jump-solver 'glob'; valid: global, powell"),
+    ("aggregation-params", "nu=0.2", r"not accepted by 'nnm\+cm'; valid parameters: none"),
+    ("aggregation-params", "nu", "expected comma-separated key=value pairs"),
+    ("rounds", 2.5, "needs an int or 'auto', got 2.5"), ("lr", "fast", "needs a float or 'auto'"),
+    ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
 ])
 def test_impossible_settings_fail_at_once(key, value, message):
     with pytest.raises(ValueError, match=message):
         RunSettings.from_run_config({key: value})
+
+
+@pytest.mark.parametrize("attack, params, message", [
+    ("foe", "eps=inf", "eps must be finite"), ("gaussian", "sigma=-1", "sigma must be finite and >= 0"),
+    ("mimic", "warmup=0", "warmup must be >= 1"), ("minmax", "tol=0", "need tol > 0"),
+    ("alie", "zz=1", r"unknown parameters \['zz'\]; valid: \['z'\]"),
+    ("jump", "inlier_points=-1", "inlier_points, rounds >= 0"),
+    ("jump", "max_batch_elems=0", "max_batch_elems must be >= 1"),
+])
+def test_attack_parameters_out_of_range_fail_at_once(attack, params, message):
+    with pytest.raises(ValueError, match=message):
+        RunSettings.from_run_config({"attack": attack, "attack-params": params})
+
+
+def test_gm_parameter_out_of_range_fails_at_once():
+    with pytest.raises(ValueError, match="GM needs nu > 0"):
+        RunSettings.from_run_config({"aggregation": "nnm+gm", "aggregation-params": "nu=0"})

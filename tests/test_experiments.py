@@ -4,19 +4,19 @@ import math
 
 import pytest
 
-from flwr_byz.cli import complete, main
+from flwr_byz.cli import build_parser, main, planned_runs
 from flwr_byz.config import RunSettings
 from flwr_byz.experiments.flower import toml_value
 from flwr_byz.experiments.report import format_table, plot_accuracy, summary_row
-from flwr_byz.experiments.results import RunLog, read_run, results_path
+from flwr_byz.experiments.results import RunLog, is_complete, read_run, results_path
 
 
-def fake_run(tmp_path, attack, accuracies, rounds=20):
-    settings = RunSettings(attack=attack, rounds=rounds, results_dir=str(tmp_path))
-    log = RunLog(results_path(settings), settings)
+def fake_run(tmp_path, attack, accuracies, rounds=20, finish=True, **settings):
+    settings = RunSettings(attack=attack, rounds=rounds, results_dir=str(tmp_path), **settings)
+    log = RunLog(settings)
     for i, acc in enumerate(accuracies):
         log.append({"round": 10 * i, "test-accuracy": acc, "train-loss": math.nan})
-    return results_path(settings)
+    return log.finish() if finish else log.partial
 
 
 def test_results_round_trip_with_settings_header(tmp_path):
@@ -36,10 +36,38 @@ def test_summary_table_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_sweep_resumes_by_skipping_complete_runs(tmp_path):
-    assert complete(fake_run(tmp_path, "sf", [0.1, 0.2, 0.3], rounds=20), 20)
-    assert not complete(fake_run(tmp_path, "alie", [0.1, 0.2], rounds=20), 20)  # stopped at round 10
-    assert not complete(tmp_path / "missing.jsonl", 20)
+def test_a_run_is_complete_only_with_its_footer_and_its_exact_settings(tmp_path):
+    done = RunSettings(attack="sf", rounds=20, results_dir=str(tmp_path))
+    fake_run(tmp_path, "sf", [0.1, 0.2, 0.3])
+    assert is_complete(done)
+    killed = fake_run(tmp_path, "alie", [0.1, 0.2], finish=False)  # stopped at round 10
+    assert killed.name.endswith(".jsonl.partial") and not results_path(RunSettings(
+        attack="alie", rounds=20, results_dir=str(tmp_path))).exists()
+    assert not is_complete(RunSettings(attack="alie", rounds=20, results_dir=str(tmp_path)))
+    for other in ({"momentum": 0.0}, {"lr": 0.05}, {"clip": 1.0}, {"rounds": 30}, {"seed": 2}):
+        changed = RunSettings(**{"attack": "sf", "rounds": 20, "results_dir": str(tmp_path), **other})
+        assert results_path(changed) != results_path(done) and not is_complete(changed)
+
+
+def test_starting_a_run_never_touches_a_finished_file(tmp_path):
+    finished = fake_run(tmp_path, "sf", [0.1, 0.2, 0.3])
+    before = finished.read_bytes()
+    RunLog(RunSettings(attack="sf", rounds=20, results_dir=str(tmp_path))).append({"round": 0})  # same settings
+    RunLog(RunSettings(attack="sf", rounds=20, momentum=0.0, results_dir=str(tmp_path)))  # other settings
+    assert finished.read_bytes() == before and read_run(finished)[1][-1]["round"] == 20
+
+
+def test_stress_skips_only_runs_with_equal_settings(tmp_path):
+    def args(*extra):
+        return build_parser().parse_args(["stress", "--attacks", "sf", "--rounds", "20", "--out", str(tmp_path), *extra])
+
+    default = planned_runs(args())[0]
+    fake_run(tmp_path, "sf", [0.1, 0.5], **{k: getattr(default, k) for k in (
+        "task", "aggregation", "num_byzantine", "alpha", "seed", "eval_every", "eval_size")})
+    assert is_complete(default)
+    no_momentum = planned_runs(args("--set", "momentum=0"))[0]
+    assert no_momentum.momentum == 0.0 and not is_complete(no_momentum)
+    assert planned_runs(args("--task", "cifar10"))[0].lr == 0.25  # the task's paper values, not MNIST's
 
 
 def test_report_command(tmp_path, capsys):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from flwr_byz.experiments.results import read_run
+from flwr_byz.config import RunSettings
+from flwr_byz.experiments.results import is_complete, read_run, results_path
 
 pytestmark = pytest.mark.flower
 
@@ -26,36 +27,67 @@ def test_readme_shows_the_tested_quickstart_code():
     assert "\n".join(line[4:] for line in snippet.splitlines()) in readme
 
 
+def run_file(config: dict):
+    """Settings and round rows of the finished run of ``config`` (paper app defaults otherwise)."""
+    settings = RunSettings.from_run_config(config)
+    assert is_complete(settings)
+    return read_run(results_path(settings))
+
+
 def test_paper_app_trains_and_writes_results(launcher, tmp_path):
     config = {"task": "mnist-logreg", "rounds": 4, "num-byzantine": 1, "eval-every": 2, "eval-size": 1000,
-              "lr": 0.7, "results-dir": str(tmp_path)}
+              "results-dir": str(tmp_path)}
     out = launcher.run(ROOT / "simulations/paper", config, num_supernodes=5)
     assert out.ok, out.output[-3000:]
-    settings, rows = read_run(tmp_path / "mnist-logreg_nnm+cm_none_f1_a0.1_s1.jsonl")
-    assert settings["rounds"] == 4 and [r["round"] for r in rows] == [0, 2, 4]
+    settings, rows = run_file(config)
+    assert settings["rounds"] == 4 and settings["lr"] == 0.7 and settings["l2"] == 0.0  # Table 3 by task
+    assert [r["round"] for r in rows] == [0, 2, 4]
     assert rows[-1]["robust-received"] == 4 and rows[-1]["robust-excluded"] == 0
     assert rows[-1]["test-accuracy"] > rows[0]["test-accuracy"] + 0.2
 
 
-def test_adversary_hook_around_a_flower_builtin_feeds_byzantine_nodes_the_honest_updates(launcher, tmp_path):
-    """3 honest + 1 Byzantine node, Flower's FedMedian wrapped in OmniscientAdversary, SF attack.
+def test_a_misspelt_value_fails_the_run_before_training(launcher, tmp_path):
+    config = {"task": "mnist-logreg", "attack": "jump", "jump-solver": "glob", "rounds": 2,
+              "results-dir": str(tmp_path)}
+    out = launcher.run(ROOT / "simulations/paper", config, num_supernodes=4)
+    assert not out.ok and "unknown jump-solver 'glob'; valid: global, powell" in out.output
+    assert not list(tmp_path.glob("*.jsonl*"))  # nothing ran
 
-    SF sends a = -mean(honest pseudo-gradients), so the Byzantine reply must be exactly
-    theta + gamma * gbar of the honest replies the strategy aggregated in the same round.
+
+def test_a_failing_byzantine_node_fails_the_run(launcher, tmp_path):
+    """tests/apps/faulty: the paper app whose SF attack raises. The run must not turn into an
+    attack-free run: it fails with the node's error and leaves no finished results file."""
+    out = launcher.run(ROOT / "tests/apps/faulty", {"results-dir": str(tmp_path)}, num_supernodes=4)
+    assert not out.ok, out.output[-3000:]
+    assert "attack exploded on purpose" in out.output and "failed to attack" in out.output
+    assert not list(tmp_path.glob("*.jsonl")) and len(list(tmp_path.glob("*.jsonl.partial"))) == 1
+
+
+def test_adversary_hook_around_a_flower_builtin_feeds_byzantine_nodes_the_honest_updates(launcher, tmp_path):
+    """3 honest + 2 Byzantine nodes, Flower's FedMedian wrapped in OmniscientAdversary, SF attack.
+
+    SF sends a = -mean(honest pseudo-gradients): each Byzantine reply must be exactly
+    theta + gamma * gbar of the honest replies the strategy aggregated in the same round; SF is
+    shared, so one node computes it and the other echoes it; and the strategy cannot tell the
+    Byzantine replies from honest ones (same message type, group, records, keys, dtypes).
     """
-    out = launcher.run(ROOT / "tests/apps/probe", {"results-dir": str(tmp_path)}, num_supernodes=4)
+    out = launcher.run(ROOT / "tests/apps/probe", {"results-dir": str(tmp_path)}, num_supernodes=5)
     assert out.ok, out.output[-3000:]
     probe = torch.load(tmp_path / "probe.pt")
-    assert len(probe["byzantine"]) == 1
+    assert len(probe["byzantine"]) == 2
     for server_round, seen in probe["rounds"].items():
         replies = dict(seen["replies"])
-        assert len(seen["replies"]) == 4 == len(replies)  # n replies, one per node
+        assert len(seen["replies"]) == 5 == len(replies)  # n replies, one per node
         theta, gamma = seen["theta"], 0.5
         honest = torch.stack([(theta - v) / gamma for k, v in replies.items() if k not in probe["byzantine"]])
         assert honest.shape[0] == 3
-        byzantine = replies[probe["byzantine"][0]]
-        torch.testing.assert_close(byzantine, theta + gamma * honest.mean(0), rtol=0, atol=1e-6)
+        for node in probe["byzantine"]:
+            torch.testing.assert_close(replies[node], theta + gamma * honest.mean(0), rtol=0, atol=1e-6)
+        assert len({shape for _, shape in seen["structure"]}) == 1, seen["structure"]
+        assert seen["structure"][0][1][0] == "train"
         assert set(probe["metrics"][server_round]) == {"train-loss"}
+    attacks = [records for kind, _, records in probe["sent"] if kind == "train.attack"]
+    assert sorted(map(tuple, attacks)) == [("attack-config", "echo", "model"), ("attack-config", "honest", "model")] * 2
 
 
 def test_mnist_cnn_app_under_jump_records_accuracy_and_lambda(launcher, tmp_path):
@@ -63,7 +95,7 @@ def test_mnist_cnn_app_under_jump_records_accuracy_and_lambda(launcher, tmp_path
               "eval-size": 500, "jump-loss-size": 64, "results-dir": str(tmp_path)}
     out = launcher.run(ROOT / "simulations/paper", config, num_supernodes=5)
     assert out.ok, out.output[-3000:]
-    _, rows = read_run(tmp_path / "mnist_nnm+cm_jump_f1_a0.1_s1.jsonl")
+    _, rows = run_file(config)
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(0 <= r["test-accuracy"] <= 1 for r in rows)
     assert all(r["robust-received"] == 5 and isinstance(r["jump-lambda"], float) for r in rows[1:])
@@ -71,12 +103,12 @@ def test_mnist_cnn_app_under_jump_records_accuracy_and_lambda(launcher, tmp_path
 
 def test_two_runs_with_the_same_seed_are_identical(launcher, tmp_path):
     config = {"task": "mnist-logreg", "attack": "alie", "num-byzantine": 1, "rounds": 3, "eval-every": 1,
-              "eval-size": 1000, "lr": 0.7}
+              "eval-size": 1000}
     rows = []
     for name in ("a", "b"):
         out = launcher.run(ROOT / "simulations/paper", {**config, "results-dir": str(tmp_path / name)}, 5)
         assert out.ok, out.output[-3000:]
         rows.append([{k: v for k, v in row.items() if k != "elapsed"}
-                     for row in read_run(tmp_path / name / "mnist-logreg_nnm+cm_alie_f1_a0.1_s1.jsonl")[1]])
+                     for row in run_file({**config, "results-dir": str(tmp_path / name)})[1]])
     assert rows[0] == rows[1]  # every loss and accuracy, bit for bit
     assert rows[0][-1]["test-accuracy"] != rows[0][0]["test-accuracy"]

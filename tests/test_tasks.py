@@ -31,7 +31,8 @@ def test_registry_names_and_errors() -> None:
 def test_overrides_do_not_leak_into_registry() -> None:
     assert get_task("mnist", lr=0.05, batch_size=8).defaults["lr"] == 0.05
     assert get_task("mnist").defaults == {
-        "lr": 0.1, "batch_size": 32, "clip": 2.0, "l2": 1e-4, "rounds": 800, "momentum": 0.9,
+        "lr": 0.1, "lr_milestone": 0, "lr_gamma": 0.1, "batch_size": 32, "clip": 2.0, "l2": 1e-4, "rounds": 800,
+        "momentum": 0.9,
     }  # fmt: skip
 
 

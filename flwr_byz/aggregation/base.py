@@ -7,7 +7,7 @@ single problem ``(n, d)``. Stages never modify their input.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import Tensor
@@ -26,18 +26,61 @@ def as_batch(x: Tensor) -> tuple[Tensor, bool]:
     return (x.unsqueeze(0), True) if x.dim() == 2 else (x, False)
 
 
-def pairwise_sq_distances(x: Tensor) -> Tensor:
-    """Squared Euclidean distances ``D[k, i, j] = ||x_ki - x_kj||^2`` of a ``(k, n, d)`` batch.
+CHUNK = 1 << 15  # coordinates per float64 block of pairwise_sq_distances: O(n * CHUNK) extra memory
+SMALL_D = 32  # up to this many coordinates a batched torch.cdist beats one torch.pdist per problem
 
-    Computed from the Gram matrix of the centred vectors (distances are
-    translation invariant; centring limits cancellation), so memory stays
-    O(k*n*d + k*n^2). The diagonal is exactly zero.
+
+def pairwise_sq_distances(x: Tensor) -> Tensor:
+    """Squared Euclidean distances ``D[k, i, j] = sum_c (x_kic - x_kjc)^2`` of a ``(k, n, d)`` batch, in float64.
+
+    Selection rules (Krum, Bulyan, NNM) compare these sums exactly, so they are computed as
+    direct differences in float64: a Gram matrix ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` loses every
+    honest distance to cancellation once an outlier is ~1e4 x the spread (float32; 1e8 in
+    float64), and overflows for huge finite inputs. Summed over blocks of ``CHUNK`` coordinates
+    (memory O(k*n*CHUNK + k*n^2), no ``(n, n, d)`` temporary). ``D`` is symmetric bit for bit,
+    its diagonal is exactly 0, and a distance that overflows (or ``inf - inf``) is ``+inf``.
     """
-    centred = x - x.mean(dim=-2, keepdim=True)
-    gram = centred @ centred.transpose(-1, -2)
-    sq = gram.diagonal(dim1=-2, dim2=-1)
-    dist = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * gram).clamp_min(0.0)
-    return dist * (1.0 - torch.eye(x.shape[-2], dtype=x.dtype, device=x.device))
+    k, n, d = x.shape
+    dist = torch.zeros(k, n, n, dtype=torch.float64, device=x.device)
+    rows, cols = torch.triu_indices(n, n, 1, device=x.device)
+    for start in range(0, d, CHUNK):
+        block = x[..., start : start + CHUNK].to(torch.float64)
+        if d <= SMALL_D:
+            dist += torch.cdist(block, block, compute_mode="donot_use_mm_for_euclid_dist").square()
+        else:
+            for problem, vectors in zip(dist, block):
+                problem[rows, cols] += torch.pdist(vectors).square()
+    upper = dist.triu(1)
+    dist = upper + upper.mT
+    return dist.masked_fill(dist.isnan(), torch.inf)
+
+
+def tie_order(x: Tensor, dist: Tensor, alive: Tensor | None = None) -> Tensor:
+    """A permutation-invariant order ``(k, n)`` of the vectors, used only to break exact ties.
+
+    Vectors come by increasing total finite distance to the other ``alive`` vectors (``(k, n)``
+    mask; default all); distinct vectors with exactly equal totals come lexicographically. Only
+    identical vectors keep their input order, and swapping them changes nothing. So a rule that
+    sorts by its own key and then by this order gives the same output for any order of its inputs.
+    """
+    live = torch.ones_like(dist[..., 0], dtype=torch.bool) if alive is None else alive
+    pair_live = live.unsqueeze(-1) & live.unsqueeze(-2)
+    total = dist.masked_fill(~pair_live | dist.isinf(), 0.0).sum(dim=-1)
+    clash = (total.unsqueeze(-1) == total.unsqueeze(-2)) & (dist > 0) & pair_live
+    lexical = torch.zeros_like(total, dtype=torch.long)
+    for problem in clash.any(dim=-1).any(dim=-1).nonzero().flatten().tolist():
+        tied = clash[problem].any(dim=-1).nonzero().flatten()
+        lexical[problem, tied] = torch.unique(x[problem, tied], dim=0, return_inverse=True)[1]
+    return sort_by(total, lexical.argsort(dim=-1, stable=True))
+
+
+def sort_by(key: Tensor, ties: Tensor) -> Tensor:
+    """Indices sorting ``key`` along its last dimension, equal keys in the order ``ties`` (``(k, n)``)."""
+    ties = ties.unsqueeze(-2).expand_as(key) if key.dim() > ties.dim() else ties
+    return ties.gather(-1, key.gather(-1, ties).argsort(dim=-1, stable=True))
+
+
+S = TypeVar("S", bound="Stage")
 
 
 class Stage:
@@ -70,6 +113,10 @@ class Stage:
     def output_n(self, n: int) -> int:
         """Number of vectors the stage outputs for ``n`` inputs (rules: 1)."""
         return n
+
+    def for_round(self: S, t: int) -> S:
+        """The stage as used in round ``t``; only randomised stages (bucketing) depend on it."""
+        return self
 
     def _apply(self, x: Tensor) -> Tensor:
         raise NotImplementedError

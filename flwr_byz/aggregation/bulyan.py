@@ -34,17 +34,16 @@ class Bulyan(Rule):
         return 4 * self.f + 3
 
     def _select(self, x: Tensor) -> Tensor:
-        """Indices ``(k, theta)`` of the selected vectors."""
+        """Indices ``(k, theta)`` of the selected vectors (exact Krum scores, see :func:`krum_order`)."""
         k, n, _ = x.shape
         theta = n - 2 * self.f
-        dist = pairwise_sq_distances(x) + torch.diag(x.new_full((n,), torch.inf))
+        dist = pairwise_sq_distances(x)
         if self.selection == "multikrum":
-            return krum_order(dist, max(1, n - self.f - 2))[..., :theta]
+            return krum_order(x, dist, max(1, n - self.f - 2))[..., :theta]
         alive = torch.ones(k, n, dtype=torch.bool, device=x.device)
         chosen = []
         for step in range(theta):
-            live = dist.masked_fill(~alive.unsqueeze(-2), torch.inf)
-            best = krum_order(live, max(1, n - step - self.f - 2), alive)[..., 0]
+            best = krum_order(x, dist, max(1, n - step - self.f - 2), alive)[..., 0]
             chosen.append(best)
             alive[torch.arange(k, device=x.device), best] = False
         return torch.stack(chosen, dim=-1)

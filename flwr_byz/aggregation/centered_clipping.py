@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .base import Rule
+from .clipping import clip_rows
 from .median import check_start, start_point
 
 
@@ -13,7 +13,8 @@ class CenteredClipping(Rule):
     """``v <- v + (1/n) sum_i (x_i - v) * min(1, tau / ||x_i - v||)``, ``iterations`` times from ``start``.
 
     The original starts from the previous round's aggregate; this stateless form starts from
-    ``zero``, the ``mean`` or the coordinate-wise ``median`` (default). Requires ``n > 2f``.
+    ``zero``, the ``mean`` or the coordinate-wise ``median`` (default). Each clipped difference has
+    norm at most ``tau``, also for rows whose norm overflows (:func:`clip_rows`). Requires ``n > 2f``.
     """
 
     name = "cc"
@@ -34,9 +35,7 @@ class CenteredClipping(Rule):
     def _apply(self, x: Tensor) -> Tensor:
         v = start_point(x, self.start)
         for _ in range(self.iterations):
-            diff = x - v.unsqueeze(-2)
-            norms = torch.linalg.vector_norm(diff, dim=-1, keepdim=True)
-            v = v + (diff * (self.tau / norms.clamp_min(self.tau))).mean(dim=-2)
+            v = v + clip_rows(x - v.unsqueeze(-2), self.tau).mean(dim=-2)
         return v
 
     def __repr__(self) -> str:

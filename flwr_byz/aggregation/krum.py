@@ -5,29 +5,35 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Rule, pairwise_sq_distances
+from .base import Rule, pairwise_sq_distances, sort_by, tie_order
 
 NEIGHBORS = ("n-f-2", "n-f-1")
 
 
-def krum_order(dist: Tensor, m: int, alive: Tensor | None = None) -> Tensor:
-    """Indices ``(k, n)`` of the vectors, lowest Krum score first.
+def krum_scores(dist: Tensor, m: int, alive: Tensor | None = None) -> Tensor:
+    """Krum scores ``(k, n)``: each vector's sum of its ``m`` smallest squared distances to the other
+    ``alive`` vectors (``(k, n)`` mask, default all); vectors no longer alive score ``inf``.
 
-    ``dist`` holds squared distances with ``inf`` on the diagonal and in the columns of
-    vectors no longer ``alive`` (``(k, n)`` mask; those rows come last). A score sums the
-    ``m`` smallest distances of a row. Mutual nearest neighbours share a score by
-    construction, so scores within 1e-9 (relative) are ordered by the total squared
-    distance to the other live vectors: the order, hence the rule, is permutation invariant.
+    ``dist`` comes from :func:`pairwise_sq_distances` (float64, exact). The ``m`` values are summed
+    smallest first, so equal multisets of distances give bit-for-bit equal scores.
     """
-    scores = dist.topk(m, dim=-1, largest=False).values.sum(dim=-1)
-    spread = dist.masked_fill(dist.isinf(), 0.0).sum(dim=-1)
+    n = dist.shape[-1]
+    others = dist.masked_fill(torch.eye(n, dtype=torch.bool, device=dist.device), torch.inf)
     if alive is not None:
-        scores = scores.masked_fill(~alive, torch.inf)
-    finite = scores.isfinite()
-    unit = scores.masked_fill(~finite, 0.0).abs().amax(dim=-1, keepdim=True).clamp_min(1e-300) * 1e-9
-    coarse = torch.where(finite, torch.round(scores / unit), torch.inf)
-    by_spread = spread.argsort(dim=-1, stable=True)
-    return by_spread.gather(-1, coarse.gather(-1, by_spread).argsort(dim=-1, stable=True))
+        others = others.masked_fill(~alive.unsqueeze(-2), torch.inf)
+    scores = others.topk(m, dim=-1, largest=False).values.sum(dim=-1)
+    return scores if alive is None else scores.masked_fill(~alive, torch.inf)
+
+
+def krum_order(x: Tensor, dist: Tensor, m: int, alive: Tensor | None = None) -> Tensor:
+    """Indices ``(k, n)`` of the vectors of ``x``, lowest exact Krum score (:func:`krum_scores`) first.
+
+    Only exactly equal scores are ties (e.g. mutual nearest neighbours with ``m = 1``, duplicated
+    vectors); they are broken by :func:`tie_order` (smaller total distance first), so the order,
+    hence the rule, is permutation invariant. Vectors no longer ``alive`` come last.
+    """
+    order = sort_by(krum_scores(dist, m, alive), tie_order(x, dist, alive))
+    return order if alive is None else sort_by((~alive).to(torch.uint8), order)
 
 
 class Krum(Rule):
@@ -37,7 +43,8 @@ class Krum(Rule):
     ``"n-f-2"`` (original; requires ``n > 2f + 2``), ``"n-f-1"`` (the variant
     of the paper's 2D study, usable with n = 3, f = 1; requires ``n > 2f``) or
     a fixed integer (requires ``n > 2f`` and ``1 <= m <= n - 1``).
-    Memory O(k*n*d + k*n^2).
+    Scores are exact (float64 direct differences), so outliers of any magnitude cannot
+    change which vector wins. Memory O(k*n*d + k*n^2).
     """
 
     name = "krum"
@@ -75,17 +82,12 @@ class Krum(Rule):
         return int(self.neighbors)
 
     def scores(self, x: Tensor) -> Tensor:
-        """Krum scores ``(k, n)`` of a ``(k, n, d)`` batch."""
-        return self._distances(x).topk(self._num_neighbors(x.shape[-2]), dim=-1, largest=False).values.sum(dim=-1)
+        """Exact Krum scores ``(k, n)`` of a ``(k, n, d)`` batch, in float64."""
+        return krum_scores(pairwise_sq_distances(x), self._num_neighbors(x.shape[-2]))
 
     def order(self, x: Tensor) -> Tensor:
         """Indices ``(k, n)`` of a ``(k, n, d)`` batch, best Krum score first (see :func:`krum_order`)."""
-        return krum_order(self._distances(x), self._num_neighbors(x.shape[-2]))
-
-    @staticmethod
-    def _distances(x: Tensor) -> Tensor:
-        dist = pairwise_sq_distances(x)
-        return dist + torch.diag(dist.new_full((x.shape[-2],), torch.inf))
+        return krum_order(x, pairwise_sq_distances(x), self._num_neighbors(x.shape[-2]))
 
     def _apply(self, x: Tensor) -> Tensor:
         best = self.order(x)[..., 0]

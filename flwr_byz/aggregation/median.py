@@ -35,9 +35,12 @@ def check_start(rule: str, start: str) -> None:
 
 
 def start_point(x: Tensor, start: str) -> Tensor:
-    """Initial centre ``(k, d)`` of an iterative rule on ``(k, n, d)``: zero, the mean or the CM."""
+    """Initial centre ``(k, d)`` of an iterative rule on ``(k, n, d)``: zero, the mean or the CM.
+
+    The mean is summed as ``x_i / n``, so it is finite for finite inputs of any magnitude.
+    """
     if start == "zero":
         return x.new_zeros(x.shape[0], x.shape[-1])
     if start == "mean":
-        return x.mean(dim=-2)
+        return (x / x.shape[-2]).sum(dim=-2)
     return CoordinateMedian(0)._apply(x)

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import PreAggregator, pairwise_sq_distances
+from .base import PreAggregator, pairwise_sq_distances, sort_by, tie_order
+
+
+def nearest_neighbours(x: Tensor, m: int) -> Tensor:
+    """Indices ``(k, n, m)`` of the ``m`` nearest vectors of each vector of a ``(k, n, d)`` batch, itself included.
+
+    Distances are exact (float64 direct differences, :func:`pairwise_sq_distances`), so far
+    outliers cannot blur which honest vectors are nearest; only exactly equal distances are ties,
+    broken by :func:`tie_order` (permutation invariant).
+    """
+    dist = pairwise_sq_distances(x)
+    return sort_by(dist, tie_order(x, dist))[..., :m]
 
 
 class NearestNeighborMixing(PreAggregator):
     """Replace each ``x_i`` by the mean of its ``n - f`` nearest neighbours (itself included).
 
     ``y_i = 1/(n-f) sum_{j in N_i} x_j``, computed as ``W @ x`` with a sparse
-    averaging matrix ``W`` so memory stays O(k*n*d + k*n^2). Requires ``n > f``.
+    averaging matrix ``W`` so memory stays O(k*n*d + k*n^2). Each term is ``x_j / (n-f)``, so
+    a mean of finite vectors with fewer than ``n - f`` at the dtype's maximum stays finite. Requires ``n > f``.
     """
 
     name = "nnm"
@@ -23,6 +35,5 @@ class NearestNeighborMixing(PreAggregator):
     def _apply(self, x: Tensor) -> Tensor:
         n = x.shape[-2]
         m = n - self.f
-        nearest = pairwise_sq_distances(x).topk(m, dim=-1, largest=False).indices
-        weights = x.new_zeros(x.shape[0], n, n).scatter_(-1, nearest, 1.0 / m)
+        weights = x.new_zeros(x.shape[0], n, n).scatter_(-1, nearest_neighbours(x, m), 1.0 / m)
         return weights @ x

@@ -37,6 +37,10 @@ class Aggregation:
     def __init__(self, spec: str, pre: list[PreAggregator], rule: Rule) -> None:
         self.spec, self.pre, self.rule, self.f = spec, pre, rule, rule.f
 
+    def for_round(self, t: int) -> Aggregation:
+        """The pipeline of round ``t``: every stage's ``for_round(t)`` (bucketing draws that round's buckets)."""
+        return Aggregation(self.spec, [stage.for_round(t) for stage in self.pre], self.rule.for_round(t))
+
     def check(self, n: int) -> None:
         """Raise ``ValueError`` if the pipeline cannot aggregate ``n`` vectors with its ``f``."""
         stage, received = self._first_short_stage(n)

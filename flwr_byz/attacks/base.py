@@ -35,6 +35,8 @@ class AttackContext:
         honest_loss: ``L_H`` on flat parameters ``(k, d) -> (k,)`` (JUMP).
         flipped: the honest pipeline's vector on flipped labels ``9 - y`` (LF).
         generator: randomness for stochastic attacks (Gaussian, Mimic's start).
+        order: ``(n,)`` row order in which the defence sees the stack ``[honest, Byzantine x f]``
+            (``None``: that order); matters only to order-dependent rules (bucketing).
     """
 
     n: int
@@ -45,10 +47,13 @@ class AttackContext:
     honest_loss: HonestLoss | None = None
     flipped: Tensor | None = None
     generator: torch.Generator | None = None
+    order: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.f < 0 or self.n - self.f < 1:
             raise ValueError(f"need 0 <= f < n, got n={self.n}, f={self.f}")
+        if self.order is not None and sorted(self.order.tolist()) != list(range(self.n)):
+            raise ValueError(f"order must be a permutation of range(n={self.n}), got {self.order.tolist()}")
 
     @property
     def h(self) -> int:
@@ -61,10 +66,14 @@ class Attack(ABC):
 
     ``honest`` is the ``(h, d)`` stack of honest vectors; the result is a ``(d,)``
     tensor of the same dtype and device; ``honest`` is never modified.
-    ``metrics`` holds scalars describing the last call (possibly none).
+    ``metrics`` holds scalars describing the last call (possibly none). ``shared``: every
+    Byzantine node would compute the same vector (deterministic in the honest vectors and
+    the context), so a simulation computes it once per round; attacks with per-node
+    randomness, data or state set it to False.
     """
 
     name: ClassVar[str]
+    shared: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}

@@ -86,6 +86,7 @@ class LabelFlip(Attack):
     """
 
     name = "lf"
+    shared = False
 
     def _attack(self, honest: Tensor, ctx: AttackContext) -> Tensor:
         if ctx.flipped is None:
@@ -99,6 +100,7 @@ class Gaussian(Attack):
     """Noise around the mean: ``a = gbar + sigma * xi``, ``xi ~ N(0, I_d)`` drawn from ``ctx.generator``."""
 
     name = "gaussian"
+    shared = False
 
     def __init__(self, sigma: float = 1.0) -> None:
         super().__init__()

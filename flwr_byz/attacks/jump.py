@@ -20,7 +20,7 @@ class JumpObjective:
     ``k`` lambdas give ``k`` aggregates ``(k, d)``: in the span of the honest vectors
     when ``span_aggregation`` supports the aggregator (no ``(k, n, d)`` stack, see
     ``span``), else by one call of the batched rule on the candidate stacks
-    ``(k, n, d)`` (honest rows first, then ``f`` copies of ``lambda * gbar``), ``k``
+    ``(k, n, d)`` (honest rows, then ``f`` copies of ``lambda * gbar``, in ``ctx.order``), ``k``
     chunked so a stack holds at most ``max_batch_elems`` entries. Equal aggregates
     (saturated rules: far lambdas often give the same one) are scored once, by one
     call of ``honest_loss`` on ``(k', d)`` parameters. NaN losses count as ``-inf``.
@@ -37,7 +37,7 @@ class JumpObjective:
         if params.shape != honest.shape[1:]:
             raise ValueError(f"jump: ctx.params has shape {tuple(params.shape)}, expected ({honest.shape[1]},)")
         self.aggregator, self.params, self.loss = aggregator, params, loss
-        self.honest, self.gbar, self.f, self.lr = honest, honest.mean(0), ctx.f, ctx.lr
+        self.honest, self.gbar, self.f, self.lr, self.order = honest, honest.mean(0), ctx.f, ctx.lr, ctx.order
         self.span = span_aggregation(aggregator, honest, ctx.f)
         self.chunk = max(1, max_batch_elems // (ctx.n * honest.shape[1]))
         radius, norm = float((honest - self.gbar).norm(dim=1).max()), float(self.gbar.norm())
@@ -57,7 +57,8 @@ class JumpObjective:
             return self.span(lam)
         (h, d), k = self.honest.shape, len(lam)
         byz = (lam.to(self.gbar)[:, None] * self.gbar).unsqueeze(1).expand(k, self.f, d)
-        return self.aggregator(torch.cat([self.honest.expand(k, h, d), byz], dim=1))
+        stack = torch.cat([self.honest.expand(k, h, d), byz], dim=1)
+        return self.aggregator(stack if self.order is None else stack[:, self.order])
 
     def _score(self, lams: np.ndarray) -> np.ndarray:
         lam = torch.as_tensor(lams, device=self.honest.device)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from ..config import RunSettings
+from ..protocol import ATTACK_ACTION, ROLE_ACTION, AttackRequest, NodeRole
 from .byzantine import train_byzantine
 from .honest import train_honest
 from .nodes import Role
@@ -13,12 +14,14 @@ from .nodes import Role
 app = ClientApp()
 
 
-@app.query("role")
+@app.query(ROLE_ACTION)
 def role(msg: Message, context: Context) -> Message:
-    """Tell the adversary oracle whether this node is Byzantine, and its partition id (a stable rank)."""
-    node = Role.of(context, RunSettings.from_run_config(context.run_config))
-    record = MetricRecord({"byzantine": int(node.byzantine), "partition-id": node.partition_id})
-    return Message(RecordDict({"role": record}), reply_to=msg)
+    """Tell the adversary hook whether this node is Byzantine, its rank (partition id) and
+    whether its attack sends the same vector on every Byzantine node."""
+    settings = RunSettings.from_run_config(context.run_config)
+    node = Role.of(context, settings)
+    shared = node.byzantine and settings.attack != "none" and settings.make_attack().shared
+    return NodeRole(node.byzantine, node.partition_id, shared).reply_to(msg)
 
 
 @app.train()
@@ -29,7 +32,7 @@ def train(msg: Message, context: Context) -> Message:
     return train_honest(msg, context)
 
 
-@app.train("attack")
+@app.train(ATTACK_ACTION)
 def attack(msg: Message, context: Context) -> Message:
-    """The Byzantine reply, computed from the honest updates the oracle forwards."""
-    return train_byzantine(msg, context)
+    """The Byzantine reply, computed from the honest updates the hook forwards."""
+    return train_byzantine(AttackRequest.from_message(msg), context).reply_to(msg)

@@ -1,31 +1,31 @@
-"""The Byzantine node: answers ``train.attack`` messages of the omniscient adversary."""
+"""The Byzantine node: answers the adversary hook's attack requests (``flwr_byz.protocol``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context
 from torch import Tensor
 
 from ..aggregation import get_aggregator
-from ..attacks import Attack, AttackContext, get_attack
+from ..attacks import Attack, AttackContext
 from ..config import RunSettings
 from ..flat import FlatLayout
-from ..records import to_record, to_tensors
-from ..tasks import Task, seeded_generator
+from ..protocol import AttackReply, AttackRequest
+from ..records import to_record
+from ..tasks import seeded_generator
 from .honest import momentum_step
 from .nodes import Role, device, honest_partitions, local_data
-from .records import instruction, load_state, save_state
+from .records import load_state, save_state
 
 STATE_KEY = "attack-state"
 
 
-def honest_loss_oracle(settings: RunSettings, role: Role, task: Task, round_: int) -> Callable[[Tensor], Tensor]:
+def honest_loss_oracle(settings: RunSettings, role: Role, round_: int) -> Callable[[Tensor], Tensor]:
     """``L_H`` on flat parameters ``(k, d) -> (k,)``: the mean over honest workers of their loss on
     ``jump-loss-size / h`` examples each, drawn afresh every round (the adversary knows the data)."""
-    _, x, y, parts = honest_partitions(settings, role.h)
+    task, x, y, parts = honest_partitions(settings, role.h)
     per_worker = max(1, settings.jump_loss_size // role.h)
     gen = seeded_generator(settings.seed, round_, "jump-loss")
     idx = torch.cat([torch.as_tensor(p)[torch.randperm(len(p), generator=gen)[:per_worker]] for p in parts])
@@ -34,56 +34,50 @@ def honest_loss_oracle(settings: RunSettings, role: Role, task: Task, round_: in
     return lambda flat: task.batched_loss(model, flat, xs, ys)
 
 
-def flipped_gradient(msg: Message, context: Context, settings: RunSettings, role: Role, theta: Tensor,
-                     layout: FlatLayout, gamma: float) -> Tensor:
+def flipped_gradient(request: AttackRequest, context: Context, settings: RunSettings, role: Role, theta: Tensor,
+                     layout: FlatLayout) -> Tensor:
     """LF: the honest pipeline's pseudo-gradient on an honest partition with labels ``c - 1 - y``."""
     task, x, y = local_data(settings, (role.partition_id - role.h) % role.h, role.h)
-    state, _, _ = momentum_step(context, settings, task, x, task.num_classes - 1 - y, msg, role.partition_id,
-                                state_key="lf-momentum")
-    return (theta - layout.flatten(state, theta.dtype)) / gamma
+    state, _, _ = momentum_step(context, settings, task, x, task.num_classes - 1 - y, request.model,
+                                request.server_round, request.gamma, role.partition_id, state_key="lf-momentum")
+    return (theta - layout.flatten(state, theta.dtype)) / request.gamma
 
 
-def restore(attack: Attack, context: Context) -> None:
+def restored(context: Context, settings: RunSettings) -> Attack:
+    """The configured attack with the state this node kept from earlier rounds."""
+    attack = settings.make_attack()
     stored = load_state(context.state, STATE_KEY)
     if stored:
         attack.load_state_dict(stored)
+    return attack
 
 
-def train_byzantine(msg: Message, context: Context) -> Message:
-    """Reply to ``train.attack`` with ``theta - gamma_t * a``, ``a`` the configured attack's vector.
-
-    The message carries the global model, the honest pseudo-gradients ``(h, d)``
-    under ``honest/gradients``, the defended aggregation and the step sizes.
-    """
+def train_byzantine(request: AttackRequest, context: Context) -> AttackReply:
+    """The model ``theta - gamma_t * a`` this node sends, ``a`` the configured attack's vector
+    (or, for an ``echo`` request, the model another Byzantine node computed this round)."""
+    if request.echo is not None:
+        return AttackReply(request.echo)
+    if request.honest is None:
+        raise ValueError("attack request without honest pseudo-gradients or a model to echo")
     settings = RunSettings.from_run_config(context.run_config)
     role = Role.of(context, settings)
-    arrays, config = instruction(msg)
-    round_, gamma = int(config["server-round"]), float(config.get("lr", 1.0))
-    honest = to_tensors(msg.content["honest"])["gradients"].to(device())
-    state = {k: v.to(device()) for k, v in arrays.to_torch_state_dict().items()}
+    honest = request.honest.to(device())
+    state = {k: v.to(device()) for k, v in request.model.to_torch_state_dict().items()}
     layout = FlatLayout.of(state)
     theta = layout.flatten(state, honest.dtype)
-
-    attack = get_attack(settings.attack, **({"solver": settings.jump_solver} if settings.attack == "jump" else {}))
-    restore(attack, context)
-    task = honest_partitions(settings, role.h)[0]
+    attack = restored(context, settings)
     ctx = AttackContext(
-        n=int(config["n"]),
-        f=int(config["byzantine-sent"]),
-        aggregator=get_aggregator(str(config["aggregation"]), int(config["num-byzantine"]),
-                                  **json.loads(str(config["aggregation-params"]))),
-        lr=gamma * float(config["server-lr"]),
+        n=request.num_nodes,
+        f=request.num_attackers,
+        aggregator=get_aggregator(request.aggregation, request.aggregation_f,
+                                  **request.aggregation_params).for_round(request.server_round),
+        lr=request.gamma * request.server_lr,
         params=theta,
-        honest_loss=honest_loss_oracle(settings, role, task, round_) if settings.attack == "jump" else None,
-        flipped=flipped_gradient(msg, context, settings, role, theta, layout, gamma) if settings.attack == "lf" else None,
-        generator=seeded_generator(settings.seed, round_, role.partition_id, "attack"),
+        honest_loss=honest_loss_oracle(settings, role, request.server_round) if attack.name == "jump" else None,
+        flipped=flipped_gradient(request, context, settings, role, theta, layout) if attack.name == "lf" else None,
+        generator=seeded_generator(settings.seed, request.server_round, role.partition_id, "attack"),
+        order=torch.tensor(request.order, device=honest.device),
     )
     vector = attack(honest, ctx)
     save_state(context.state, STATE_KEY, attack.state_dict())
-    reply = state | layout.unflatten(theta - gamma * vector)
-    content = RecordDict({
-        "arrays": to_record(reply),
-        "metrics": msg.content["metrics"],
-        "attack": ConfigRecord({k: float(v) for k, v in attack.metrics.items()}),
-    })
-    return Message(content=content, reply_to=msg)
+    return AttackReply(to_record(state | layout.unflatten(theta - request.gamma * vector)), attack.metrics)

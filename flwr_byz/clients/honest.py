@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import Tensor, nn
 
 from ..config import RunSettings
@@ -14,17 +14,15 @@ from .records import instruction, load_state, save_state
 
 
 def momentum_step(
-    context: Context, settings: RunSettings, task: Task, x: Tensor, y: Tensor, msg: Message, node: int,
-    state_key: str = "momentum",
+    context: Context, settings: RunSettings, task: Task, x: Tensor, y: Tensor, arrays: ArrayRecord, round_: int,
+    gamma: float, node: int, state_key: str = "momentum",
 ) -> tuple[dict[str, Tensor], float, int]:
-    """Run the honest pipeline on ``(x, y)`` from the global model of ``msg``.
+    """Run the honest pipeline on ``(x, y)`` from the global model ``arrays`` in round ``round_``.
 
     Returns the model state to send, ``theta - gamma_t * m_t`` on trainable entries
     and the forward pass's BatchNorm statistics on the others, the batch loss and
     the batch size. The momentum ``m_t`` persists in ``context.state[state_key]``.
     """
-    arrays, config = instruction(msg)
-    round_, gamma = int(config["server-round"]), float(config.get("lr", 1.0))
     model = task.build_model().to(device())
     theta = {k: v.to(device()) for k, v in arrays.to_torch_state_dict().items()}
     model.load_state_dict(theta)
@@ -48,7 +46,9 @@ def train_honest(msg: Message, context: Context) -> Message:
     settings = RunSettings.from_run_config(context.run_config)
     role = Role.of(context, settings)
     task, x, y = local_data(settings, role.partition_id, role.h)
-    state, loss, batch = momentum_step(context, settings, task, x, y, msg, node=role.partition_id)
+    arrays, config = instruction(msg)
+    state, loss, batch = momentum_step(context, settings, task, x, y, arrays, int(config["server-round"]),
+                                       float(config.get("lr", 1.0)), node=role.partition_id)
     content = RecordDict({
         "arrays": to_record(state),
         "metrics": MetricRecord({"num-examples": batch, "train-loss": loss}),

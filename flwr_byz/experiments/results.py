@@ -1,4 +1,11 @@
-"""Per-run results files: one JSON object per line, a header line then one line per evaluated round."""
+"""Per-run results files: JSON lines, a settings header, one line per evaluated round, a completion footer.
+
+A run's file is named by its display name and the hash of its full settings
+(``RunSettings.key``), so runs that differ in any setting never share a file. Rows go
+to ``<file>.partial``; only a finished run renames it to ``<file>`` (atomically), after
+writing the footer. A killed run leaves only the partial file: never mistaken for a
+finished one, and starting a run never touches a finished file.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,8 @@ from typing import Any
 
 from ..config import RunSettings
 
+PARTIAL = ".partial"
+
 
 def results_dir(settings: RunSettings) -> Path:
     """``results-dir`` of the run, else ``$FLWR_BYZ_RESULTS``, else ``~/flwr-byz-results``."""
@@ -18,22 +27,29 @@ def results_dir(settings: RunSettings) -> Path:
 
 
 def results_path(settings: RunSettings) -> Path:
-    """Where the run described by ``settings`` writes its results."""
-    return results_dir(settings) / f"{settings.name}.jsonl"
+    """Where the finished run described by ``settings`` is stored."""
+    return results_dir(settings) / f"{settings.name}_{settings.key}.jsonl"
 
 
 class RunLog:
-    """Append-only JSON-lines log of one run; starts with ``{"settings": ...}``."""
+    """JSON-lines log of one run being written: ``{"settings": ...}``, rows, then ``finish()``."""
 
-    def __init__(self, path: Path, settings: RunSettings) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as out:
+    def __init__(self, settings: RunSettings) -> None:
+        self.path = results_path(settings)
+        self.partial = self.path.with_name(self.path.name + PARTIAL)
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        with self.partial.open("w") as out:
             out.write(json.dumps({"settings": settings.to_run_config()}) + "\n")
 
     def append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a") as out:
+        with self.partial.open("a") as out:
             out.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+
+    def finish(self, **summary: Any) -> Path:
+        """Write the footer ``{"complete": true, ...}`` and publish the file; its final path."""
+        self.append({"complete": True, **summary})
+        os.replace(self.partial, self.path)
+        return self.path
 
 
 def _clean(value: Any) -> Any:
@@ -41,8 +57,19 @@ def _clean(value: Any) -> Any:
 
 
 def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Settings and round rows of a results file."""
+    """Settings and round rows of a results file (finished or partial)."""
     lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     if not lines or "settings" not in lines[0]:
         raise ValueError(f"{path} is not a flwr-byz results file (no settings header)")
-    return lines[0]["settings"], lines[1:]
+    return lines[0]["settings"], [row for row in lines[1:] if "complete" not in row]
+
+
+def is_complete(settings: RunSettings) -> bool:
+    """Whether the run of exactly these settings finished (footer written, stored settings equal)."""
+    path = results_path(settings)
+    try:
+        lines = path.read_text().splitlines()
+        header, footer = json.loads(lines[0]), json.loads(lines[-1])
+    except (OSError, IndexError, json.JSONDecodeError):
+        return False
+    return header.get("settings") == settings.to_run_config() and footer.get("complete") is True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -10,7 +9,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -19,12 +18,10 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from ..protocol import AttackReply, AttackRequest, NodeRole, role_query
 from ..records import to_tensors
 from .robust import RobustStrategy, pseudo_gradients
 from .screening import screen_replies
-
-ATTACK_TYPE = f"{MessageType.TRAIN}.attack"
-ROLE_TYPE = f"{MessageType.QUERY}.role"
 
 
 @dataclass(frozen=True)
@@ -45,8 +42,7 @@ def defended_rule(strategy: Strategy, n: int) -> DefendedRule:
     MultiKrum selection = Bulyan(selection="multikrum").
     """
     if isinstance(strategy, RobustStrategy):
-        return DefendedRule(strategy.aggregator.spec, strategy.num_byzantine, strategy.aggregation_params,
-                            strategy.server_lr)
+        return DefendedRule(strategy.aggregator.spec, strategy.f, strategy.aggregation_params, strategy.server_lr)
     if isinstance(strategy, FedMedian):
         return DefendedRule("cm", 0)
     if isinstance(strategy, FedTrimmedAvg):
@@ -68,43 +64,58 @@ def defended_rule(strategy: Strategy, n: int) -> DefendedRule:
 class OmniscientAdversary(Strategy):
     """Run ``strategy`` with Byzantine nodes driven by an omniscient adversary.
 
-    Each round: the wrapped strategy configures training; only its honest nodes
-    train; their pseudo-gradients ``(theta - theta_i) / gamma_t`` (stacked), the
-    global model, the step sizes and the defended rule go to the sampled Byzantine
-    nodes in a ``train.attack`` message; all replies, shuffled, go to the wrapped
-    strategy, which never learns who is who. Roles come from one ``query.role``
-    round, which also ranks the nodes by partition id: replies reach the wrapped
-    strategy in a seeded shuffle of that order, so seeded runs are reproducible.
-    Training metrics are aggregated over honest replies only, plus the
-    attack's metrics (``jump-lambda``, ...). With ``attack=False`` the Byzantine
-    nodes stay silent: the defence runs on the honest replies alone (a baseline).
+    Each round: the wrapped strategy configures training; only its honest nodes train;
+    their pseudo-gradients ``(theta - theta_i) / gamma_t`` (``gamma_t`` under the strategy's
+    own ``lr_key``, 1 if absent; replies screened with its ``weighted_by_key``), the global
+    model, the step sizes, the defended rule and the order in which the defence will see
+    the replies go to the sampled Byzantine nodes (``flwr_byz.protocol``). If their attack
+    is ``shared`` (the same vector on every node), one node computes it and the others
+    echo it. Each Byzantine reply is rebuilt as a reply to the plain ``train`` instruction
+    with an honest reply's record names, metric keys and types (metrics: the honest mean),
+    and all replies, in a seeded shuffle of the nodes' rank order, go to the wrapped
+    strategy, which cannot tell who is who. A Byzantine node that fails stops the run.
+    Training metrics are the honest replies' plus the attack's (``jump-lambda``, ...).
+    With ``attack=False`` the Byzantine nodes stay silent (the defence alone: a baseline).
     """
 
     def __init__(self, strategy: Strategy, defended: DefendedRule | None = None, attack: bool = True,
                  seed: int = 0) -> None:
         self.strategy, self.defended, self.attack = strategy, defended, attack
         self.rng = random.Random(seed)
-        self.byzantine: set[int] | None = None
-        self.rank: dict[int, int] = {}
+        self.roles: dict[int, NodeRole] | None = None
         self._grid: Grid | None = None
-        self._byzantine_messages: list[Message] = []
+        self._instruction: RecordDict | None = None
+        self._byzantine_nodes: list[int] = []
         self.train_metrics: dict[int, MetricRecord] = {}
+
+    @property
+    def lr_key(self) -> str:
+        return str(getattr(self.strategy, "lr_key", "lr"))
+
+    @property
+    def weight_key(self) -> str:
+        return str(getattr(self.strategy, "weighted_by_key", "num-examples"))
+
+    @property
+    def byzantine(self) -> set[int]:
+        """Node ids of the Byzantine nodes (after role discovery)."""
+        return {node for node, role in (self.roles or {}).items() if role.byzantine}
 
     # --------------------------------------------------------------- roles
     def discover_roles(self, grid: Grid) -> set[int]:
-        """Ask every node once whether it is Byzantine."""
-        if self.byzantine is None:
+        """Ask every node once for its :class:`NodeRole`; the Byzantine node ids."""
+        if self.roles is None:
             nodes = list(grid.get_node_ids())
-            queries = [Message(RecordDict(), dst_node_id=node, message_type=ROLE_TYPE) for node in nodes]
-            replies = list(grid.send_and_receive(queries))
-            failed = [r.metadata.src_node_id for r in replies if r.has_error()]
-            if failed or len(replies) != len(nodes):
-                raise RuntimeError(f"role discovery failed for nodes {failed or 'that did not answer'}")
-            roles = {r.metadata.src_node_id: r.content["role"] for r in replies}
-            self.byzantine = {node for node, role in roles.items() if role["byzantine"]}
-            self.rank = {node: int(role.get("partition-id", node)) for node, role in roles.items()}
+            replies = list(grid.send_and_receive([role_query(node) for node in nodes]))
+            if len(replies) != len(nodes):
+                raise RuntimeError(f"role discovery: {len(nodes) - len(replies)} of {len(nodes)} nodes did not answer")
+            self.roles = {r.metadata.src_node_id: NodeRole.from_reply(r) for r in replies}
             log(INFO, "Adversary: %d Byzantine of %d nodes", len(self.byzantine), len(nodes))
         return self.byzantine
+
+    def _rank(self, node: int) -> tuple[int, int]:
+        role = (self.roles or {}).get(node)
+        return (role.rank if role else 1 << 62, node)
 
     # --------------------------------------------------------------- training
     def configure_train(
@@ -113,77 +124,102 @@ class OmniscientAdversary(Strategy):
         byzantine = self.discover_roles(grid)
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._grid = grid
-        self._byzantine_messages = [m for m in messages if m.metadata.dst_node_id in byzantine]
+        sampled = [m for m in messages if m.metadata.dst_node_id in byzantine]
+        self._byzantine_nodes = sorted((m.metadata.dst_node_id for m in sampled), key=self._rank)
+        self._instruction = sampled[0].content if sampled else None
         return [m for m in messages if m.metadata.dst_node_id not in byzantine]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        honest = self._in_rank_order(replies)
+        honest = sorted(replies, key=lambda r: self._rank(r.metadata.src_node_id))
+        # Replies reach the strategy in a seeded shuffle of rank order (honest, then Byzantine):
+        # seeded runs are reproducible bit for bit although floating-point sums depend on order.
+        shuffle = list(range(len(honest) + len(self._byzantine_nodes)))
+        self.rng.shuffle(shuffle)
+        valid = screen_replies(honest, self._global_arrays(), self.weight_key).valid if self._instruction else []
         attacks: list[Message] = []
-        usable: list[Message] = []
-        if self._byzantine_messages:
-            instruction = self._byzantine_messages[0].content
-            global_arrays = next(iter(instruction.array_records.values()))
-            usable = screen_replies(honest, global_arrays, "num-examples").valid
-            if self.attack and usable:
-                attacks = self._attack(server_round, usable, instruction)
-        everything = honest + self._in_rank_order(attacks)
-        self.rng.shuffle(everything)
-        arrays, metrics = self.strategy.aggregate_train(server_round, everything)
-        self.train_metrics[server_round] = self._metrics(usable or honest, attacks, metrics)
+        attack_metrics: dict[str, float] = {}
+        if self.attack and self._byzantine_nodes and valid:
+            valid_row = {id(r): j for j, r in enumerate(valid)}
+
+            def row(i: int) -> int | None:  # reply i's row in the attack's stack [valid honest, Byzantine]
+                return valid_row.get(id(honest[i])) if i < len(honest) else len(valid) + i - len(honest)
+
+            order = [r for r in map(row, shuffle) if r is not None]
+            attacks, attack_metrics = self._attack(server_round, valid, order)
+        elif self._byzantine_nodes:
+            log(WARNING, "Round %d: Byzantine nodes silent (%s)", server_round,
+                "attack off" if not self.attack else "no valid honest reply to attack")
+        everything = honest + attacks
+        arrays, metrics = self.strategy.aggregate_train(
+            server_round, [everything[i] for i in shuffle if i < len(everything)]
+        )
+        self.train_metrics[server_round] = self._metrics(valid or honest, attack_metrics, metrics)
         return arrays, self.train_metrics[server_round]
 
-    def _in_rank_order(self, replies: Iterable[Message]) -> list[Message]:
-        """Replies sorted by the nodes' partition ids, not by arrival: a seeded run is
-        reproducible bit for bit although floating-point sums depend on order."""
-        return sorted(replies, key=lambda r: (self.rank.get(r.metadata.src_node_id, 1 << 62), r.metadata.src_node_id))
+    def _global_arrays(self) -> ArrayRecord:
+        assert self._instruction is not None
+        key = getattr(self.strategy, "arrayrecord_key", None)
+        return self._instruction[key] if key in self._instruction else next(iter(self._instruction.array_records.values()))
 
-    def _attack(self, server_round: int, honest: list[Message], instruction: RecordDict) -> list[Message]:
-        """Send ``train.attack`` to the sampled Byzantine nodes; their successful replies.
+    def _train_config(self) -> ConfigRecord:
+        assert self._instruction is not None
+        key = getattr(self.strategy, "configrecord_key", None)
+        if key in self._instruction:
+            return self._instruction[key]
+        return next(iter(self._instruction.config_records.values()), ConfigRecord())
 
-        ``honest`` are the screened honest replies, ``instruction`` the content the wrapped
-        strategy meant for the Byzantine nodes (global model and config).
+    def _attack(self, server_round: int, honest: list[Message], order: list[int]) -> tuple[list[Message], dict]:
+        """The Byzantine nodes' replies, disguised as honest ones, and the attack's metrics.
+
+        ``honest`` are the screened honest replies, ``order`` the rows of ``[honest, Byzantine]``
+        in the order the defence will see them.
         """
         assert self._grid is not None
-        global_arrays = next(iter(instruction.array_records.values()))
-        config = next(iter(instruction.config_records.values()), ConfigRecord())
-        gamma = float(config.get("lr", 1.0))
+        global_arrays, config = self._global_arrays(), self._train_config()
+        gamma = float(config.get(self.lr_key, 1.0))
         records = [to_tensors(next(iter(r.content.array_records.values()))) for r in honest]
         _, gradients, _ = pseudo_gradients(to_tensors(global_arrays), records, gamma)
-        n = len(honest) + len(self._byzantine_messages)
+        nodes = self._byzantine_nodes
+        n = len(honest) + len(nodes)
         rule = self.defended or defended_rule(self.strategy, n)
-        attack_config = ConfigRecord({
-            **dict(config.items()), "server-round": server_round, "lr": gamma, "server-lr": rule.server_lr,
-            "aggregation": rule.spec, "num-byzantine": rule.f, "aggregation-params": json.dumps(rule.params),
-            "n": n, "byzantine-sent": len(self._byzantine_messages),
-        })
-        content = RecordDict({
-            "arrays": global_arrays,
-            "config": attack_config,
-            "honest": ArrayRecord({"gradients": Array(gradients.numpy())}),
-            "metrics": _mean_metrics(honest),
-        })
-        messages = [Message(content, dst_node_id=m.metadata.dst_node_id, message_type=ATTACK_TYPE)
-                    for m in self._byzantine_messages]
-        replies = list(self._grid.send_and_receive(messages))
-        for reply in replies:
-            if reply.has_error():
-                log(WARNING, "Adversary: Byzantine node %d failed: %s", reply.metadata.src_node_id, reply.error.reason)
-        return [r for r in replies if not r.has_error()]
+        request = AttackRequest(
+            server_round=server_round, gamma=gamma, server_lr=rule.server_lr, aggregation=rule.spec,
+            aggregation_f=rule.f, aggregation_params=rule.params, num_nodes=n, num_attackers=len(nodes),
+            order=order, model=global_arrays, honest=gradients, config=dict(config.items()),
+        )
+        assert self.roles is not None
+        shared = all(self.roles[node].shared for node in nodes)
+        first = self._exchange([request.to_message(node) for node in (nodes[:1] if shared else nodes)])
+        if shared and len(nodes) > 1:
+            request.honest, request.echo = None, first[0][1].model
+            first += self._exchange([request.to_message(node) for node in nodes[1:]])
+        template, camouflage = honest[0], _mean_metrics(honest)
+        return [disguise(reply, answer, template, camouflage) for reply, answer in first], first[0][1].metrics
 
-    def _metrics(self, honest: list[Message], attacks: list[Message], inner: MetricRecord | None) -> MetricRecord:
-        """Honest-only training metrics, the attack's metrics and the inner strategy's own extras."""
+    def _exchange(self, messages: list[Message]) -> list[tuple[Message, AttackReply]]:
+        """Send attack requests; each reply with its decoded answer, in the order sent. A failed or
+        missing reply raises: an attack that did not run must never look like a run under attack."""
+        assert self._grid is not None
+        by_node = {r.metadata.src_node_id: r for r in self._grid.send_and_receive(messages)}
+        missing = [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in by_node]
+        if missing:
+            raise RuntimeError(f"Byzantine node(s) {missing} did not answer the attack request")
+        return [(by_node[node], AttackReply.from_reply(by_node[node]))
+                for node in (m.metadata.dst_node_id for m in messages)]
+
+    def _metrics(self, honest: list[Message], attack: dict[str, float], inner: MetricRecord | None) -> MetricRecord:
+        """Honest-only training metrics, the attack's metrics and the inner strategy's ``robust-*`` extras."""
         valid = [r.content for r in honest if not r.has_error() and len(r.content.metric_records) == 1]
         try:
-            metrics = aggregate_metricrecords(valid, "num-examples") if valid else MetricRecord()
+            metrics = aggregate_metricrecords(valid, self.weight_key) if valid else MetricRecord()
         except (KeyError, TypeError):  # replies without the weight key: no honest metrics
             metrics = MetricRecord()
         for key, value in (inner or {}).items():
             if key.startswith("robust-"):
                 metrics[key] = value
-        if attacks and "attack" in attacks[0].content.config_records:
-            metrics.update({k: float(v) for k, v in attacks[0].content["attack"].items()})
+        metrics.update(attack)
         return metrics
 
     # --------------------------------------------------------------- delegation
@@ -203,11 +239,32 @@ class OmniscientAdversary(Strategy):
         self.strategy.summary()
 
 
+def disguise(reply: Message, answer: AttackReply, template: Message, metrics: MetricRecord) -> Message:
+    """``answer`` as a reply to the plain train instruction: ``template``'s (an honest reply's)
+    message type, group and records (names, array keys in order, metrics ``metrics``),
+    ``reply``'s sender and ids."""
+    content = RecordDict()
+    for name, record in template.content.items():
+        if isinstance(record, ArrayRecord):
+            content[name] = ArrayRecord({key: answer.model[key] for key in record.keys()})
+        elif isinstance(record, MetricRecord):
+            content[name] = MetricRecord(dict(metrics))
+        else:
+            content[name] = ConfigRecord(dict(record))
+    meta, honest = reply.metadata, template.metadata
+    metadata = Metadata(
+        run_id=meta.run_id, message_id=meta.message_id, src_node_id=meta.src_node_id,
+        dst_node_id=meta.dst_node_id, reply_to_message_id=meta.reply_to_message_id, group_id=honest.group_id,
+        created_at=meta.created_at, ttl=meta.ttl, message_type=honest.message_type,
+        src_task_id=meta.src_task_id, dst_task_id=meta.dst_task_id,
+    )
+    return Message(content=content, metadata=metadata)
+
+
 def _mean_metrics(replies: list[Message]) -> MetricRecord:
-    """Mean of the honest replies' scalar metrics: a Byzantine reply's camouflage."""
+    """Mean of the honest replies' scalar metrics, each of its honest type: a Byzantine reply's camouflage."""
     records = [next(iter(r.content.metric_records.values())) for r in replies]
-    keys = set.intersection(*(set(r.keys()) for r in records))
     return MetricRecord({
-        k: type(records[0][k])(np.mean([r[k] for r in records])) for k in sorted(keys)
-        if not isinstance(records[0][k], list)
+        k: type(v)(np.mean([r[k] for r in records])) if not isinstance(v, list) else v
+        for k, v in records[0].items()
     })

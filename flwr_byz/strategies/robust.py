@@ -28,25 +28,27 @@ class RobustStrategy(FedAvg):
 
         ``theta <- theta - server_lr * gamma_t * F(g_1, ..., g_n)``
 
-    with ``F = get_aggregator(aggregation, num_byzantine, **aggregation_params)``.
+    with ``F = get_aggregator(aggregation, f, **aggregation_params)``.
     Floating arrays form the flat vector ``theta``; integer arrays (BatchNorm's
     ``num_batches_tracked``) take the element-wise median of the replies.
 
     Replies with errors, missing or extra arrays, wrong shapes or dtypes,
-    non-finite values or malformed metrics are excluded, logged with their node
-    id and presumed Byzantine: the rule then runs with ``f - excluded``. If too
-    few replies remain, the round keeps the old model.
+    non-finite values, pseudo-gradients that overflow the model's dtype or malformed
+    metrics are excluded, logged with their node id and presumed Byzantine: the rule
+    then runs with ``f - excluded``. If too few replies remain, the round keeps the old model.
+    The rule of round ``t`` is ``F.for_round(t)`` (bucketing draws its buckets from
+    ``(seed, t)``, so an omniscient adversary can know them).
 
     Parameters beyond FedAvg's: ``aggregation`` (spec, e.g. ``"nnm+cm"``),
-    ``num_byzantine`` (f), ``server_lr`` (eta_s), ``lr_key``, ``lr_schedule``
-    (round -> gamma_t, written into the train config each round) and
-    ``aggregation_params`` (e.g. ``{"nu": 0.1}`` for GM).
+    ``f`` (the number of Byzantine replies the rule withstands), ``server_lr`` (eta_s),
+    ``lr_key``, ``lr_schedule`` (round -> gamma_t, written into the train config each round)
+    and ``aggregation_params`` (e.g. ``{"nu": 0.1}`` for GM).
     """
 
     def __init__(
         self,
         aggregation: str = "nnm+cm",
-        num_byzantine: int = 0,
+        f: int = 0,
         server_lr: float = 1.0,
         lr_key: str = "lr",
         lr_schedule: Callable[[int], float] | None = None,
@@ -55,10 +57,10 @@ class RobustStrategy(FedAvg):
     ) -> None:
         super().__init__(**fedavg_kwargs)
         self.aggregation_params = dict(aggregation_params or {})
-        self.aggregator = get_aggregator(aggregation, num_byzantine, **self.aggregation_params)
+        self.aggregator = get_aggregator(aggregation, f, **self.aggregation_params)
         if not server_lr > 0:
             raise ValueError(f"server_lr must be positive, got {server_lr}")
-        self.num_byzantine = num_byzantine
+        self.f = f
         self.server_lr = server_lr
         self.lr_key = lr_key
         self.lr_schedule = lr_schedule
@@ -68,7 +70,7 @@ class RobustStrategy(FedAvg):
     def summary(self) -> None:
         super().summary()
         log(INFO, "\t└──> Robust aggregation: %s, f=%d, server lr %s", self.aggregator.spec,
-            self.num_byzantine, self.server_lr)
+            self.f, self.server_lr)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -83,12 +85,11 @@ class RobustStrategy(FedAvg):
         self._arrays, self._gamma = arrays, gamma
         return messages
 
-    def aggregator_for(self, excluded: int) -> Aggregation:
-        """The defended rule after ``excluded`` replies were dropped as Byzantine."""
-        f = max(self.num_byzantine - excluded, 0)
-        if f == self.num_byzantine:
-            return self.aggregator
-        return get_aggregator(self.aggregator.spec, f, **self.aggregation_params)
+    def aggregator_for(self, excluded: int, server_round: int = 0) -> Aggregation:
+        """The defended rule of ``server_round`` after ``excluded`` replies were dropped as Byzantine."""
+        f = max(self.f - excluded, 0)
+        rule = self.aggregator if f == self.f else get_aggregator(self.aggregator.spec, f, **self.aggregation_params)
+        return rule.for_round(server_round)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -96,37 +97,34 @@ class RobustStrategy(FedAvg):
         if self._arrays is None:
             raise RuntimeError("aggregate_train called before configure_train")
         screened = screen_replies(replies, self._arrays, self.weighted_by_key)
-        for node_id, reason in screened.excluded:
+        reference = to_tensors(self._arrays)
+        states = [to_tensors(next(iter(r.content.array_records.values()))) for r in screened.valid]
+        theta, grads, layout = pseudo_gradients(reference, states, self._gamma)
+        finite = grads.isfinite().all(dim=1)
+        valid = [(reply, state) for reply, state, ok in zip(screened.valid, states, finite.tolist()) if ok]
+        excluded = screened.excluded + [
+            (reply.metadata.src_node_id, f"pseudo-gradient (theta - theta_i) / {self._gamma:g} overflows {grads.dtype}")
+            for reply, ok in zip(screened.valid, finite.tolist()) if not ok
+        ]
+        for node_id, reason in excluded:
             log(WARNING, "Round %d: excluded reply of node %d: %s", server_round, node_id, reason)
-        summary = MetricRecord({"robust-excluded": len(screened.excluded), "robust-received": len(screened.valid)})
-        aggregator = self.aggregator_for(len(screened.excluded))
-        if len(screened.valid) < aggregator.min_n():
+        summary = MetricRecord({"robust-excluded": len(excluded), "robust-received": len(valid)})
+        aggregator = self.aggregator_for(len(excluded), server_round)
+        if len(valid) < aggregator.min_n():
             log(WARNING, "Round %d: keeping the old model: %d valid replies, %r with f=%d needs %d",
-                server_round, len(screened.valid), aggregator.spec, aggregator.f, aggregator.min_n())
+                server_round, len(valid), aggregator.spec, aggregator.f, aggregator.min_n())
             return None, summary
-        contents = [reply.content for reply in screened.valid]
-        arrays = self._step([next(iter(c.array_records.values())) for c in contents], aggregator)
-        if arrays is None:
+        new_theta = theta - self.server_lr * self._gamma * aggregator(grads[finite])
+        if not torch.isfinite(new_theta).all():
             log(WARNING, "Round %d: keeping the old model: the aggregate is not finite", server_round)
             return None, summary
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        metrics.update(summary)
-        return arrays, metrics
-
-    def _step(self, records: list[ArrayRecord], aggregator: Aggregation) -> ArrayRecord | None:
-        """New global model from the screened replies, or None if the aggregate is not finite."""
-        assert self._arrays is not None
-        reference = to_tensors(self._arrays)
-        replies = [to_tensors(record) for record in records]
-        theta, grads, layout = pseudo_gradients(reference, replies, self._gamma)
-        new_theta = theta - self.server_lr * self._gamma * aggregator(grads)
-        if not torch.isfinite(new_theta).all():
-            return None
         new = reference | layout.unflatten(new_theta)
-        for key, value in reference.items():
+        for key, value in reference.items():  # integer buffers (BatchNorm's num_batches_tracked): the median
             if not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
-                new[key] = torch.stack([reply[key] for reply in replies]).median(dim=0).values
-        return to_record(new)
+                new[key] = torch.stack([state[key] for _, state in valid]).median(dim=0).values
+        metrics = self.train_metrics_aggr_fn([reply.content for reply, _ in valid], self.weighted_by_key)
+        metrics.update(summary)
+        return to_record(new), metrics
 
 
 def pseudo_gradients(
@@ -136,5 +134,6 @@ def pseudo_gradients(
     and the layout of the floating entries of ``reference``."""
     layout = FlatLayout.of(reference)
     theta = layout.flatten(reference)
-    stacked = torch.stack([layout.flatten(reply, dtype=theta.dtype) for reply in replies])
+    stacked = torch.stack([layout.flatten(reply, dtype=theta.dtype) for reply in replies]) if replies else \
+        theta.new_empty(0, len(theta))
     return theta, (theta - stacked) / gamma, layout

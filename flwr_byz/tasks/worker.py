@@ -14,8 +14,6 @@ the trainable entries (and its model's updated BatchNorm statistics on the other
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,37 +21,17 @@ import torch
 from torch import Tensor, nn
 
 from flwr_byz.flat import FlatLayout
+from flwr_byz.seeds import derived_seed, seeded_generator
 
 if TYPE_CHECKING:
     from flwr_byz.tasks.task import Task
 
-LrSchedule = float | Sequence[tuple[int, float]]
-
-
-def lr_at(round: int, schedule: LrSchedule) -> float:
-    """Step size ``gamma_t`` of (1-based) round ``t``.
-
-    ``schedule`` is a constant, or piecewise-constant ``(first_round, lr)`` pairs in
-    increasing order: ``((1, 0.25), (1001, 0.025))`` is 0.25 for t <= 1000, then 0.025.
-    """
+def lr_at(round: int, lr: float, milestone: int = 0, gamma: float = 0.1) -> float:
+    """Step size ``gamma_t`` of (1-based) round ``t``: ``lr``, times ``gamma`` after round ``milestone``
+    (``milestone = 0``: constant). CIFAR-10 (Table 2): ``lr_at(t, 0.25, 1000)`` is 0.25 for t <= 1000, then 0.025."""
     if round < 1:
         raise ValueError(f"rounds start at 1, got {round}")
-    if isinstance(schedule, (int, float)):
-        return float(schedule)
-    if not schedule or schedule[0][0] != 1:
-        raise ValueError(f"a schedule is (first_round, lr) pairs starting at round 1, got {schedule!r}")
-    return float([lr for start, lr in schedule if start <= round][-1])
-
-
-def derived_seed(*parts: object) -> int:
-    """A 63-bit seed hashed from ``parts`` (e.g. seed, node, round, stream), stable across processes."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def seeded_generator(*parts: object) -> torch.Generator:
-    """A CPU generator seeded with :func:`derived_seed` of ``parts``."""
-    return torch.Generator().manual_seed(derived_seed(*parts))
+    return lr * gamma if milestone and round > milestone else lr
 
 
 def sample_batch(num_examples: int, batch_size: int, seed: int, node: int, round: int) -> Tensor:
@@ -87,8 +65,9 @@ class WorkerConfig:
 
     @classmethod
     def for_task(cls, task: Task, **overrides: float | int | None) -> WorkerConfig:
-        """The task's paper defaults, with ``overrides``."""
+        """The task's paper defaults (clip 0 = none), with ``overrides``."""
         d = {k: task.defaults[k] for k in ("batch_size", "l2", "clip", "momentum")}
+        d["clip"] = d["clip"] or None
         return cls(**{**d, **overrides})  # type: ignore[arg-type]
 
 

@@ -16,7 +16,7 @@ def main(grid: Grid, context: Context) -> None:
     # --8<-- [start:strategy]
     strategy = RobustStrategy(
         aggregation=context.run_config["aggregation"],   # e.g. "nnm+gm", "cm", "bucketing+nnm+krum"
-        num_byzantine=context.run_config["num-byzantine"],  # f, the number of replies to withstand
+        f=context.run_config["aggregation-f"],              # the number of Byzantine replies to withstand
         fraction_evaluate=0.0,                             # any FedAvg argument works as usual
         min_train_nodes=4,
         min_available_nodes=4,
