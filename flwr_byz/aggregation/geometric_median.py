@@ -14,6 +14,23 @@ def distances_to(x: Tensor, z: Tensor) -> Tensor:
     return torch.cdist(x, z.unsqueeze(-2), compute_mode="donot_use_mm_for_euclid_dist").squeeze(-1)
 
 
+def weiszfeld_weights(x: Tensor, z: Tensor, nu: float) -> Tensor:
+    """Weights ``(k, n)`` summing to 1, proportional to ``1 / b_i``, ``b_i = max(nu, ||x_i - z||)``.
+
+    Computed as ``b_min / b_i`` (the largest is 1) and normalised, so huge distances lose no
+    precision to subnormal ``1 / b_i`` and the weighted mean of finite rows cannot overflow; where
+    every distance of a problem overflows (all weights would be 0/0), they are recomputed on
+    ``x / S`` and ``z / S``, ``S`` the problem's largest magnitude (a rare path).
+    """
+    b = distances_to(x, z).clamp_min(nu)
+    lost = b.isinf().all(dim=-1)
+    if lost.any():
+        scale = torch.maximum(x[lost].abs().amax(dim=(-2, -1)), z[lost].abs().amax(dim=-1)).unsqueeze(-1)
+        b[lost] = distances_to(x[lost] / scale.unsqueeze(-1), z[lost] / scale).maximum(nu / scale)
+    w = b.amin(dim=-1, keepdim=True) / b
+    return w / w.sum(dim=-1, keepdim=True)
+
+
 class GeometricMedian(Rule):
     """Approximate ``argmin_z sum_i ||x_i - z||`` by smoothed Weiszfeld:
 
@@ -22,7 +39,8 @@ class GeometricMedian(Rule):
     for ``iterations`` steps (paper: T = 8, nu = 0.1) from ``start`` (``zero``,
     ``mean`` or coordinate-wise ``median``); with ``tol``, each problem of a batch stops
     once it moves less than ``tol`` (so a batch equals a loop). Requires ``n > 2f``. Memory O(k*d + k*n):
-    distances come from ``torch.cdist`` in its exact (non-Gram) mode.
+    distances come from ``torch.cdist`` in its exact (non-Gram) mode. Finite inputs of any
+    magnitude give a finite output (:func:`weiszfeld_weights`).
     """
 
     name = "gm"
@@ -51,10 +69,10 @@ class GeometricMedian(Rule):
 
     def _apply(self, x: Tensor) -> Tensor:
         z = start_point(x, self.start)
+        top = torch.finfo(x.dtype).max  # a weighted mean of finite rows, up to rounding
         active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)  # problems still moving
         for _ in range(self.iterations):
-            weights = 1.0 / distances_to(x, z).clamp_min(self.nu)
-            new = (weights.unsqueeze(-2) @ x).squeeze(-2) / weights.sum(dim=-1, keepdim=True)
+            new = (weiszfeld_weights(x, z, self.nu).unsqueeze(-2) @ x).squeeze(-2).clamp(-top, top)
             if self.tol is None:
                 z = new
                 continue
