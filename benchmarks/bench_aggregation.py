@@ -7,10 +7,17 @@ aggregator ``get_aggregator(spec, f, **params)`` is applied to one tensor
 ``x`` of shape ``(n, d)``, float32, by default ``n = 17`` vectors of
 ``d = 1.3M`` coordinates (the size of the CIFAR CNN).
 
-* ``ms/call``: median wall time of ``--repeat`` calls after one warm-up call.
+* ``ms/call``: median (``--stat min``: fastest) wall time of ``--repeat`` calls after one warm-up
+  call; on a busy machine the minimum is the steadier figure.
 * ``x mean``: that time divided by the time of a plain ``torch.mean(x, dim=0)``
   over the same tensor, measured in the same run: one baseline call before each
-  timed call of every spec, and the median of all those baseline calls.
+  timed call of every spec, and the same statistic of all those baseline calls.
+* ``before x mean`` (with ``--before REV``): the same ratio for the ``flwr_byz/aggregation``
+  package of git revision ``REV`` (extracted with ``git archive`` and imported under another
+  name), timed call by call alongside the current one, so both see the same machine load.
+  E.g. ``--before 695ddf8``, the last revision with Gram-matrix distances and tie buckets.
+* ``--input attack``: the last ``f`` rows are copies of one Byzantine vector at 1e6 x the honest
+  per-coordinate spread (the regime where a Gram matrix loses the honest distances).
 * ``peak extra / input``: each spec is run once more in a fresh subprocess
   (``tracemalloc`` does not see torch's allocations). The subprocess builds
   ``x``, warms the rule up on a tiny tensor, reads its current RSS, makes one
@@ -30,20 +37,28 @@ Run it from the repository root::
 
     python benchmarks/bench_aggregation.py
     python benchmarks/bench_aggregation.py --n 17 --d 1300000 --f 4 --repeat 5 --specs cm,gm,krum
+    python benchmarks/bench_aggregation.py --before 695ddf8 --input attack --no-memory
 
-Torch uses its default number of threads.
+Torch uses its default number of threads unless ``--threads`` is given (the memory
+subprocesses use the same number).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import io
 import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from collections.abc import Callable
+from types import ModuleType
 
 import torch
 
@@ -74,8 +89,37 @@ def params_for(spec: str) -> dict:
     return params
 
 
-def make_input(n: int, d: int) -> torch.Tensor:
-    return torch.randn(n, d, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+INPUTS = ("random", "attack")
+ATTACK_SCALE = 1e6
+
+
+def make_input(n: int, d: int, f: int = 0, kind: str = "random") -> torch.Tensor:
+    """Standard normal rows; for ``attack`` the last ``f`` are one vector at ``ATTACK_SCALE`` x the spread."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float32)
+    if kind == "attack" and f > 0:
+        x[n - f :] = ATTACK_SCALE * torch.randn(d, generator=gen, dtype=torch.float32)
+    return x
+
+
+def load_aggregation(rev: str) -> ModuleType:
+    """``flwr_byz/aggregation`` as of git revision ``rev``, imported as ``aggregation_<rev>``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    archive = subprocess.run(
+        ["git", "-C", root, "archive", rev, "flwr_byz/aggregation"], capture_output=True, check=True
+    ).stdout
+    name = f"aggregation_{rev}"
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as target:  # the package imports all its modules at once
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(target, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        path = os.path.join(target, "flwr_byz", "aggregation")
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(path, "__init__.py"), submodule_search_locations=[path]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
 
 
 def timed_ms(fn, x: torch.Tensor) -> float:
@@ -84,16 +128,16 @@ def timed_ms(fn, x: torch.Tensor) -> float:
     return 1e3 * (time.perf_counter() - start)
 
 
-def time_against(fn, baseline, x: torch.Tensor, repeat: int) -> tuple[list[float], list[float]]:
-    """Times in ms of ``repeat`` calls of ``fn`` and of ``baseline``, alternated call by call
-    after one warm-up of each, so both see the same machine load."""
-    fn(x)
-    baseline(x)
-    fn_ms, base_ms = [], []
+def time_interleaved(fns: list[Callable], x: torch.Tensor, repeat: int) -> list[list[float]]:
+    """Times in ms of ``repeat`` calls of each of ``fns``, alternated call by call after one
+    warm-up of each, so all see the same machine load."""
+    for fn in fns:
+        fn(x)
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        base_ms.append(timed_ms(baseline, x))
-        fn_ms.append(timed_ms(fn, x))
-    return fn_ms, base_ms
+        for fn, samples in zip(fns, times):
+            samples.append(timed_ms(fn, x))
+    return times
 
 
 def ru_maxrss_bytes() -> int:
@@ -134,13 +178,13 @@ def peak_rss_bytes(reset: bool) -> int:
     return ru_maxrss_bytes() if hwm is None else hwm
 
 
-def memory_probe(spec: str, n: int, d: int, f: int) -> None:
+def memory_probe(spec: str, n: int, d: int, f: int, kind: str) -> None:
     """Subprocess body: print the peak RSS increase of one call, in bytes, as JSON."""
     agg = (lambda x: torch.mean(x, dim=0)) if spec == "torch.mean" else get_aggregator(
         spec, f_for(spec, f, n), **params_for(spec)
     )
-    agg(make_input(n, 64))  # load kernels, thread pools, lazy imports
-    x = make_input(n, d)
+    agg(make_input(n, 64, f, kind))  # load kernels, thread pools, lazy imports
+    x = make_input(n, d, f, kind)
     reset = reset_peak_rss()
     before = current_rss_bytes()
     out = agg(x)
@@ -150,9 +194,10 @@ def memory_probe(spec: str, n: int, d: int, f: int) -> None:
     print(json.dumps({"spec": spec, "extra_bytes": extra, "out_numel": out.numel()}))
 
 
-def measure_memory(spec: str, n: int, d: int, f: int) -> float | None:
+def measure_memory(spec: str, n: int, d: int, f: int, kind: str) -> float | None:
     """Peak extra memory of one call of ``spec`` in a fresh interpreter, in bytes."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--_probe", spec, "--n", str(n), "--d", str(d), "--f", str(f)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--_probe", spec, "--n", str(n), "--d", str(d), "--f", str(f),
+           "--input", kind, "--threads", str(torch.get_num_threads())]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"memory probe for {spec!r} failed:\n{proc.stderr}", file=sys.stderr)
@@ -169,41 +214,53 @@ def main() -> None:
     parser.add_argument("--specs", default=DEFAULT_SPECS, help="comma-separated specs")
     parser.add_argument("--mem-limit", type=float, default=4.0, help="flag peak extra / input above this")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--input", choices=INPUTS, default="random",
+                        help=f"random normals, or f of them replaced by copies at {ATTACK_SCALE:g} x the spread")
+    parser.add_argument("--before", metavar="REV", help="also time flwr_byz/aggregation of this git revision")
+    parser.add_argument("--stat", choices=("median", "min"), default="median", help="statistic of the timed calls")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is steadier on a busy machine)")
     parser.add_argument("--_probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args._probe:
-        memory_probe(args._probe, args.n, args.d, args.f)
+        memory_probe(args._probe, args.n, args.d, args.f, args.input)
         return
 
     specs = [s.strip() for s in args.specs.split(",") if s.strip()]
     aggregators = {
         spec: get_aggregator(spec, f_for(spec, args.f, args.n), n=args.n, **params_for(spec)) for spec in specs
     }
+    before = load_aggregation(args.before) if args.before else None
     for spec, agg in aggregators.items():
         if agg.f != args.f:
             print(f"note: {spec} runs with f={agg.f}, the largest it accepts for n={args.n}")
-    x = make_input(args.n, args.d)
+    x = make_input(args.n, args.d, args.f, args.input)
     input_bytes = x.numel() * x.element_size()
     print(
-        f"n={args.n} d={args.d} f={args.f} float32 input={input_bytes / 2**20:.1f} MiB, "
+        f"n={args.n} d={args.d} f={args.f} float32 {args.input} input={input_bytes / 2**20:.1f} MiB, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeat={args.repeat}"
     )
 
     baseline = lambda t: torch.mean(t, dim=0)  # noqa: E731
+    stat = statistics.median if args.stat == "median" else min
     rows, base_samples = [], []
     for spec in specs:
-        spec_ms, base_ms = time_against(aggregators[spec], baseline, x, args.repeat)
-        rows.append((spec, statistics.median(spec_ms)))
+        fns = [baseline, aggregators[spec]]
+        if before is not None:
+            fns.append(before.get_aggregator(spec, aggregators[spec].f, **params_for(spec)))
+        base_ms, *spec_ms = time_interleaved(fns, x, args.repeat)
+        rows.append((spec, *map(stat, spec_ms)))
         base_samples += base_ms
-    # One baseline for the whole table: the median of all its calls, spread over the run.
-    mean_ms = statistics.median(base_samples)
+    # One baseline for the whole table: the statistic of all its calls, spread over the run.
+    mean_ms = stat(base_samples)
     del x
 
     memory: dict[str, float | None] = {}
     if not args.no_memory:
         for spec in ["torch.mean", *specs]:
-            memory[spec] = measure_memory(spec, args.n, args.d, args.f)
+            memory[spec] = measure_memory(spec, args.n, args.d, args.f, args.input)
 
     def mem_cell(spec: str) -> str:
         if args.no_memory:
@@ -215,14 +272,17 @@ def main() -> None:
         return f"{ratio:.2f}" + (" !" if ratio > args.mem_limit else "")
 
     width = max(len(s) for s in ["torch.mean", "spec", *specs])
-    header = f"{'spec':<{width}} | {'ms/call':>9} | {'x mean':>7} | peak extra / input"
+    then = f" | {'before x mean':>13}" if before is not None else ""
+    header = f"{'spec':<{width}} | {'ms/call':>9} | {'x mean':>7}{then} | peak extra / input"
     print(header)
     print("-" * len(header))
-    print(f"{'torch.mean':<{width}} | {mean_ms:>9.1f} | {1.0:>7.2f} | {mem_cell('torch.mean')}")
-    for spec, ms in rows:
-        print(f"{spec:<{width}} | {ms:>9.1f} | {ms / mean_ms:>7.2f} | {mem_cell(spec)}")
+    blank = f" | {'':>13}" if before is not None else ""
+    print(f"{'torch.mean':<{width}} | {mean_ms:>9.1f} | {1.0:>7.2f}{blank} | {mem_cell('torch.mean')}")
+    for spec, ms, *old_ms in rows:
+        then = "".join(f" | {o / mean_ms:>13.2f}" for o in old_ms)
+        print(f"{spec:<{width}} | {ms:>9.1f} | {ms / mean_ms:>7.2f}{then} | {mem_cell(spec)}")
     print(
-        f"\ntorch.mean baseline: median of {len(base_samples)} calls, "
+        f"\ntorch.mean baseline: {args.stat} of {len(base_samples)} calls, "
         f"range {min(base_samples):.1f}-{max(base_samples):.1f} ms (a wide range means a busy machine)"
     )
     if not args.no_memory:

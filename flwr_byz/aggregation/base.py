@@ -27,7 +27,7 @@ def as_batch(x: Tensor) -> tuple[Tensor, bool]:
 
 
 CHUNK = 1 << 15  # coordinates per float64 block of pairwise_sq_distances: O(n * CHUNK) extra memory
-SMALL_D = 32  # up to this many coordinates a batched torch.cdist beats one torch.pdist per problem
+SMALL_D = 32  # up to this d one batched torch.cdist beats a torch.pdist per problem (chosen by d: batch == loop)
 
 
 def pairwise_sq_distances(x: Tensor) -> Tensor:
@@ -59,19 +59,38 @@ def tie_order(x: Tensor, dist: Tensor, alive: Tensor | None = None) -> Tensor:
     """A permutation-invariant order ``(k, n)`` of the vectors, used only to break exact ties.
 
     Vectors come by increasing total finite distance to the other ``alive`` vectors (``(k, n)``
-    mask; default all); distinct vectors with exactly equal totals come lexicographically. Only
-    identical vectors keep their input order, and swapping them changes nothing. So a rule that
-    sorts by its own key and then by this order gives the same output for any order of its inputs.
+    mask; default all; dead ones last); distinct vectors with exactly equal totals come
+    lexicographically. Only identical vectors keep their input order, and swapping them changes
+    nothing. So a rule that sorts by its own key and then by this order gives the same output for
+    any order of its inputs.
     """
     live = torch.ones_like(dist[..., 0], dtype=torch.bool) if alive is None else alive
-    pair_live = live.unsqueeze(-1) & live.unsqueeze(-2)
-    total = dist.masked_fill(~pair_live | dist.isinf(), 0.0).sum(dim=-1)
-    clash = (total.unsqueeze(-1) == total.unsqueeze(-2)) & (dist > 0) & pair_live
+    pairs = live.unsqueeze(-1) & live.unsqueeze(-2)
+    total = dist.masked_fill(~pairs | dist.isinf(), 0.0).sum(dim=-1).masked_fill(~live, torch.inf)
+    order = total.argsort(dim=-1, stable=True)
+    for problem in distinct_ties(total, order, dist.masked_fill(~pairs, 0.0)).nonzero().flatten().tolist():
+        order[problem] = lexical_order(x[problem], dist[problem], total[problem], pairs[problem])
+    return order
+
+
+def lexical_order(x: Tensor, dist: Tensor, total: Tensor, pairs: Tensor) -> Tensor:
+    """One problem's ``(n,)`` order by ``total``, exact ties between distinct live vectors lexicographic."""
+    clash = (total.unsqueeze(-1) == total.unsqueeze(-2)) & (dist > 0) & pairs
+    tied = clash.any(dim=-1).nonzero().flatten()
     lexical = torch.zeros_like(total, dtype=torch.long)
-    for problem in clash.any(dim=-1).any(dim=-1).nonzero().flatten().tolist():
-        tied = clash[problem].any(dim=-1).nonzero().flatten()
-        lexical[problem, tied] = torch.unique(x[problem, tied], dim=0, return_inverse=True)[1]
+    lexical[tied] = torch.unique(x[tied], dim=0, return_inverse=True)[1]
     return sort_by(total, lexical.argsort(dim=-1, stable=True))
+
+
+def distinct_ties(key: Tensor, order: Tensor, dist: Tensor) -> Tensor:
+    """Problems ``(k,)`` where ``order`` (ascending ``key``, ``(k, n)``) puts two distinct vectors
+    (``dist > 0``; pass 0 for pairs to ignore) with exactly equal keys side by side. A run of equal
+    keys whose neighbours are all identical holds one vector, so these are exactly the problems
+    whose order needs a tie break."""
+    before, after = order[..., :-1], order[..., 1:]
+    same = key.gather(-1, before) == key.gather(-1, after)
+    apart = dist.flatten(-2).gather(-1, before * dist.shape[-1] + after) > 0
+    return (same & apart).any(dim=-1)
 
 
 def sort_by(key: Tensor, ties: Tensor) -> Tensor:

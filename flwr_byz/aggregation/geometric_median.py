@@ -14,21 +14,28 @@ def distances_to(x: Tensor, z: Tensor) -> Tensor:
     return torch.cdist(x, z.unsqueeze(-2), compute_mode="donot_use_mm_for_euclid_dist").squeeze(-1)
 
 
-def weiszfeld_weights(x: Tensor, z: Tensor, nu: float) -> Tensor:
-    """Weights ``(k, n)`` summing to 1, proportional to ``1 / b_i``, ``b_i = max(nu, ||x_i - z||)``.
+def weiszfeld_step(x: Tensor, z: Tensor, nu: float) -> Tensor:
+    """``sum_i (x_i / b_i) / sum_i (1 / b_i)``, ``b_i = max(nu, ||x_i - z||)``, for each problem ``(k, d)``.
 
-    Computed as ``b_min / b_i`` (the largest is 1) and normalised, so huge distances lose no
-    precision to subnormal ``1 / b_i`` and the weighted mean of finite rows cannot overflow; where
-    every distance of a problem overflows (all weights would be 0/0), they are recomputed on
-    ``x / S`` and ``z / S``, ``S`` the problem's largest magnitude (a rare path).
+    Where that is not finite for finite inputs (every ``1 / b_i`` is 0 because every distance
+    overflows, or the weighted sum overflows), the step is recomputed by :func:`rescaled_step`.
     """
-    b = distances_to(x, z).clamp_min(nu)
-    lost = b.isinf().all(dim=-1)
+    weights = 1.0 / distances_to(x, z).clamp_min(nu)
+    new = (weights.unsqueeze(-2) @ x).squeeze(-2) / weights.sum(dim=-1, keepdim=True)
+    lost = ~new.sum(dim=-1).isfinite()  # one cheap pass; a false alarm (the sum overflows) costs only time
     if lost.any():
-        scale = torch.maximum(x[lost].abs().amax(dim=(-2, -1)), z[lost].abs().amax(dim=-1)).unsqueeze(-1)
-        b[lost] = distances_to(x[lost] / scale.unsqueeze(-1), z[lost] / scale).maximum(nu / scale)
-    w = b.amin(dim=-1, keepdim=True) / b
-    return w / w.sum(dim=-1, keepdim=True)
+        new[lost] = rescaled_step(x[lost], z[lost], nu)
+    return new
+
+
+def rescaled_step(x: Tensor, z: Tensor, nu: float) -> Tensor:
+    """The Weiszfeld step without overflow: distances of ``x / S`` and ``z / S`` (``S`` the problem's
+    largest magnitude), weights ``b_min / b_i`` normalised to sum 1, the mean clamped to the finite range."""
+    scale = torch.maximum(x.abs().amax(dim=(-2, -1)), z.abs().amax(dim=-1)).unsqueeze(-1)
+    b = distances_to(x / scale.unsqueeze(-1), z / scale).maximum(nu / scale)
+    weights = b.amin(dim=-1, keepdim=True) / b
+    top = torch.finfo(x.dtype).max
+    return ((weights / weights.sum(dim=-1, keepdim=True)).unsqueeze(-2) @ x).squeeze(-2).clamp(-top, top)
 
 
 class GeometricMedian(Rule):
@@ -40,7 +47,7 @@ class GeometricMedian(Rule):
     ``mean`` or coordinate-wise ``median``); with ``tol``, each problem of a batch stops
     once it moves less than ``tol`` (so a batch equals a loop). Requires ``n > 2f``. Memory O(k*d + k*n):
     distances come from ``torch.cdist`` in its exact (non-Gram) mode. Finite inputs of any
-    magnitude give a finite output (:func:`weiszfeld_weights`).
+    magnitude give a finite output (:func:`weiszfeld_step`).
     """
 
     name = "gm"
@@ -69,10 +76,9 @@ class GeometricMedian(Rule):
 
     def _apply(self, x: Tensor) -> Tensor:
         z = start_point(x, self.start)
-        top = torch.finfo(x.dtype).max  # a weighted mean of finite rows, up to rounding
         active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)  # problems still moving
         for _ in range(self.iterations):
-            new = (weiszfeld_weights(x, z, self.nu).unsqueeze(-2) @ x).squeeze(-2).clamp(-top, top)
+            new = weiszfeld_step(x, z, self.nu)
             if self.tol is None:
                 z = new
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Rule, pairwise_sq_distances, sort_by, tie_order
+from .base import Rule, distinct_ties, pairwise_sq_distances, sort_by, tie_order
 
 NEIGHBORS = ("n-f-2", "n-f-1")
 
@@ -32,7 +32,13 @@ def krum_order(x: Tensor, dist: Tensor, m: int, alive: Tensor | None = None) -> 
     vectors); they are broken by :func:`tie_order` (smaller total distance first), so the order,
     hence the rule, is permutation invariant. Vectors no longer ``alive`` come last.
     """
-    order = sort_by(krum_scores(dist, m, alive), tie_order(x, dist, alive))
+    scores = krum_scores(dist, m, alive)
+    order = scores.argsort(dim=-1, stable=True)
+    pairs = None if alive is None else alive.unsqueeze(-1) & alive.unsqueeze(-2)
+    tied = distinct_ties(scores, order, dist if pairs is None else dist.masked_fill(~pairs, 0.0))
+    if tied.any():
+        live = None if alive is None else alive[tied]
+        order[tied] = sort_by(scores[tied], tie_order(x[tied], dist[tied], live))
     return order if alive is None else sort_by((~alive).to(torch.uint8), order)
 
 
@@ -43,8 +49,8 @@ class Krum(Rule):
     ``"n-f-2"`` (original; requires ``n > 2f + 2``), ``"n-f-1"`` (the variant
     of the paper's 2D study, usable with n = 3, f = 1; requires ``n > 2f``) or
     a fixed integer (requires ``n > 2f`` and ``1 <= m <= n - 1``).
-    Scores are exact (float64 direct differences), so outliers of any magnitude cannot
-    change which vector wins. Memory O(k*n*d + k*n^2).
+    Scores are float64 sums of direct differences (no Gram cancellation, no tie buckets), so far
+    outliers cannot change which honest vector wins. Memory O(k*n*d + k*n^2).
     """
 
     name = "krum"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .base import PreAggregator, pairwise_sq_distances, sort_by, tie_order
@@ -15,7 +16,14 @@ def nearest_neighbours(x: Tensor, m: int) -> Tensor:
     broken by :func:`tie_order` (permutation invariant).
     """
     dist = pairwise_sq_distances(x)
-    return sort_by(dist, tie_order(x, dist))[..., :m]
+    k, n, _ = dist.shape
+    if m >= n:
+        return torch.arange(n, device=x.device).expand(k, n, n)
+    values, nearest = dist.topk(m + 1, dim=-1, largest=False)
+    tied = (values[..., m - 1] == values[..., m]).any(dim=-1)  # a tie across the cut: which vector is in?
+    if tied.any():
+        nearest[tied] = sort_by(dist[tied], tie_order(x[tied], dist[tied]))[..., : m + 1]
+    return nearest[..., :m]
 
 
 class NearestNeighborMixing(PreAggregator):
