@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -191,12 +192,12 @@ class OmniscientAdversary(Strategy):
         )
         assert self.roles is not None
         shared = all(self.roles[node].shared for node in nodes)
-        first = self._exchange([request.to_message(node) for node in (nodes[:1] if shared else nodes)])
-        if shared and len(nodes) > 1:
-            request.honest, request.echo = None, first[0][1].model
-            first += self._exchange([request.to_message(node) for node in nodes[1:]])
+        answered = self._exchange([request.to_message(node) for node in (nodes[:1] if shared else nodes)])
+        if shared and len(nodes) > 1:  # one node computed the vector: the others send the same model
+            echo = dataclasses.replace(request, honest=None, echo=answered[0][1].model)
+            answered += self._exchange([echo.to_message(node) for node in nodes[1:]])
         template, camouflage = honest[0], _mean_metrics(honest)
-        return [disguise(reply, answer, template, camouflage) for reply, answer in first], first[0][1].metrics
+        return [disguise(reply, answer, template, camouflage) for reply, answer in answered], answered[0][1].metrics
 
     def _exchange(self, messages: list[Message]) -> list[tuple[Message, AttackReply]]:
         """Send attack requests; each reply with its decoded answer, in the order sent. A failed or
