@@ -51,22 +51,24 @@ def planned_runs(args: argparse.Namespace) -> list[RunSettings]:
 def stress(args: argparse.Namespace) -> int:
     out_dir = Path(args.out).resolve()
     runs = planned_runs(args)
-    failed = []
+    done, failed = [], []
     with FlowerLauncher(out_dir / ".flwr-home") as launcher:
         for settings in runs:
             attack, path = settings.attack, results_path(settings)
             if is_complete(settings):
                 print(f"[{attack}] already complete with these settings: {path}")
+                done.append(path)
                 continue
             print(f"[{attack}] {settings.name}: {settings.rounds} rounds on {args.nodes} nodes via flwr run ...")
             start = time.time()
             outcome = launcher.run(PAPER_APP, settings.to_run_config(), num_supernodes=args.nodes,
                                    num_gpus=args.gpus, echo=Progress())
             print(f"[{attack}] {outcome.status} in {time.time() - start:.0f} s -> {path}")
-            if not outcome.ok or not is_complete(settings):
+            if outcome.ok and is_complete(settings):
+                done.append(path)
+            else:
                 failed.append(attack)
                 (out_dir / f"{settings.name}_{settings.key}.log").write_text(outcome.output)
-    done = [results_path(s) for s in runs if is_complete(s)]
     if done:
         print()
         print(format_table([summary_row(p) for p in done]))

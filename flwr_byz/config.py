@@ -10,6 +10,7 @@ impossible value fails before training starts, naming the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import typing
@@ -117,7 +118,7 @@ class RunSettings:
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> RunSettings:
         """Settings from a run config; unknown keys or values of the wrong type raise ``ValueError``."""
-        hints = typing.get_type_hints(cls)
+        hints = _field_types()
         values: dict[str, Any] = {}
         for key, value in config.items():
             name = key.replace("-", "_")
@@ -177,6 +178,12 @@ class RunSettings:
         """Short display name: task, defence, attack, f, alpha, seed (not an identity: see :attr:`key`)."""
         alpha = f"a{self.alpha:g}" if self.alpha > 0 else "iid"
         return f"{self.task}_{self.aggregation}_{self.attack}_f{self.num_byzantine}_{alpha}_s{self.seed}"
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    """The resolved type hints of :class:`RunSettings` (resolving them costs more than parsing a config)."""
+    return typing.get_type_hints(RunSettings)
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

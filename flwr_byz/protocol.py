@@ -93,11 +93,9 @@ class AttackRequest:
     model: ArrayRecord
     honest: Tensor | None = None
     echo: ArrayRecord | None = None
-    config: dict[str, Any] = field(default_factory=dict)
 
     def to_message(self, node_id: int) -> Message:
         config = ConfigRecord({
-            **self.config,
             "server-round": self.server_round, "gamma": self.gamma, "server-lr": self.server_lr,
             "aggregation": self.aggregation, "aggregation-f": self.aggregation_f,
             "aggregation-params": json.dumps(self.aggregation_params), "num-nodes": self.num_nodes,
@@ -113,19 +111,18 @@ class AttackRequest:
     @classmethod
     def from_message(cls, msg: Message) -> AttackRequest:
         content = msg.content
-        config = dict(content.config_records[CONFIG_RECORD])
+        config = content.config_records[CONFIG_RECORD]
         honest = content.array_records.get(HONEST_RECORD)
         return cls(
-            server_round=int(config.pop("server-round")), gamma=float(config.pop("gamma")),
-            server_lr=float(config.pop("server-lr")), aggregation=str(config.pop("aggregation")),
-            aggregation_f=int(config.pop("aggregation-f")),
-            aggregation_params=json.loads(str(config.pop("aggregation-params"))),
-            num_nodes=int(config.pop("num-nodes")), num_attackers=int(config.pop("num-attackers")),
-            order=[int(i) for i in config.pop("order")],  # type: ignore[union-attr]
+            server_round=int(config["server-round"]), gamma=float(config["gamma"]),
+            server_lr=float(config["server-lr"]), aggregation=str(config["aggregation"]),
+            aggregation_f=int(config["aggregation-f"]),
+            aggregation_params=json.loads(str(config["aggregation-params"])),
+            num_nodes=int(config["num-nodes"]), num_attackers=int(config["num-attackers"]),
+            order=[int(i) for i in config["order"]],  # type: ignore[union-attr]
             model=content.array_records[MODEL_RECORD],
             honest=None if honest is None else torch.from_numpy(np.array(honest[GRADIENTS].numpy(), copy=True)),
             echo=content.array_records.get(ECHO_RECORD),
-            config=config,
         )
 
 

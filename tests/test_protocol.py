@@ -3,18 +3,24 @@ ClientApps, messages delivered by a loopback Grid (the `flwr run` versions are i
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from conftest import ROOT
 from flower_helpers import LoopbackGrid, simulation_contexts
 from flwr_byz.clients import app as flwr_byz_app
 from flwr_byz.clients.app import attack as attack_handler
 from flwr_byz.clients.app import role as role_handler
 from flwr_byz.protocol import ATTACK_TYPE, ECHO_RECORD, HONEST_RECORD, AttackRequest, NodeRole
 from flwr_byz.strategies import OmniscientAdversary, RobustStrategy
+
+sys.path.insert(0, str(ROOT / "tests/apps/probe"))
+from probe.server_app import structure  # noqa: E402 - what a strategy sees of a reply, as the flwr-run probe records it
 
 D = 6
 THETA = np.linspace(-1.0, 1.0, D).astype(np.float32)
@@ -64,18 +70,6 @@ def run_config(**overrides) -> dict:
     return {"task": "mnist-logreg", "attack": "sf", "num-byzantine": 2, **overrides}
 
 
-def structure(reply: Message) -> tuple:
-    """Everything about a reply except its sender, ids and values."""
-    meta = reply.metadata
-    records = []
-    for name, record in reply.content.items():
-        if isinstance(record, ArrayRecord):
-            records.append((name, "arrays", tuple((k, a.dtype, tuple(a.shape)) for k, a in record.items())))
-        else:
-            records.append((name, type(record).__name__, tuple((k, type(v).__name__) for k, v in record.items())))
-    return meta.message_type, meta.group_id, reply.has_error(), tuple(records)
-
-
 def test_hook_honours_the_strategy_keys_and_sends_sf_exactly():
     """lr_key="step", weighted_by_key="n-samples": the hook screens with the strategy's key and takes
     gamma_t from its key, so SF's reply is exactly theta + gamma * gbar (pseudo-gradients in float32)."""
@@ -97,7 +91,7 @@ def test_byzantine_replies_are_indistinguishable_from_honest_ones():
     one_round(custom_app(), strategy, run_config(), 7, {"step": 0.5})
     shapes = {structure(r) for r in strategy.seen}
     assert len(shapes) == 1, shapes
-    message_type, _, _, records = shapes.pop()
+    message_type, _, _, _, records = shapes.pop()
     assert message_type == "train" and [name for name, *_ in records] == ["arrays", "metrics"]
     assert records[1] == ("metrics", "MetricRecord", (("n-samples", "int"), ("loss", "float")))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from ..attacks import ATTACKS
 from ..config import RunSettings
 from ..protocol import ATTACK_ACTION, ROLE_ACTION, AttackRequest, NodeRole
 from .byzantine import train_byzantine
@@ -20,7 +21,7 @@ def role(msg: Message, context: Context) -> Message:
     whether its attack sends the same vector on every Byzantine node."""
     settings = RunSettings.from_run_config(context.run_config)
     node = Role.of(context, settings)
-    shared = node.byzantine and settings.attack != "none" and settings.make_attack().shared
+    shared = node.byzantine and settings.attack != "none" and ATTACKS[settings.attack].shared
     return NodeRole(node.byzantine, node.partition_id, shared).reply_to(msg)
 
 

@@ -188,7 +188,7 @@ class OmniscientAdversary(Strategy):
         request = AttackRequest(
             server_round=server_round, gamma=gamma, server_lr=rule.server_lr, aggregation=rule.spec,
             aggregation_f=rule.f, aggregation_params=rule.params, num_nodes=n, num_attackers=len(nodes),
-            order=order, model=global_arrays, honest=gradients, config=dict(config.items()),
+            order=order, model=global_arrays, honest=gradients,
         )
         assert self.roles is not None
         shared = all(self.roles[node].shared for node in nodes)

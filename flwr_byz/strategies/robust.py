@@ -101,10 +101,11 @@ class RobustStrategy(FedAvg):
         states = [to_tensors(next(iter(r.content.array_records.values()))) for r in screened.valid]
         theta, grads, layout = pseudo_gradients(reference, states, self._gamma)
         finite = grads.isfinite().all(dim=1)
-        valid = [(reply, state) for reply, state, ok in zip(screened.valid, states, finite.tolist()) if ok]
+        ok = finite.tolist()
+        valid = [(reply, state) for reply, state, good in zip(screened.valid, states, ok) if good]
         excluded = screened.excluded + [
             (reply.metadata.src_node_id, f"pseudo-gradient (theta - theta_i) / {self._gamma:g} overflows {grads.dtype}")
-            for reply, ok in zip(screened.valid, finite.tolist()) if not ok
+            for reply, good in zip(screened.valid, ok) if not good
         ]
         for node_id, reason in excluded:
             log(WARNING, "Round %d: excluded reply of node %d: %s", server_round, node_id, reason)

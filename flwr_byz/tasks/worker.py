@@ -26,6 +26,7 @@ from flwr_byz.seeds import derived_seed, seeded_generator
 if TYPE_CHECKING:
     from flwr_byz.tasks.task import Task
 
+
 def lr_at(round: int, lr: float, milestone: int = 0, gamma: float = 0.1) -> float:
     """Step size ``gamma_t`` of (1-based) round ``t``: ``lr``, times ``gamma`` after round ``milestone``
     (``milestone = 0``: constant). CIFAR-10 (Table 2): ``lr_at(t, 0.25, 1000)`` is 0.25 for t <= 1000, then 0.025."""
