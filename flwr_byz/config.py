@@ -21,9 +21,12 @@ from typing import Any
 from .aggregation import Aggregation, get_aggregator
 from .attacks import ATTACKS, Attack, get_attack
 from .attacks.line_search import SOLVERS
-from .tasks import TASKS, WorkerConfig, get_task, lr_at
+import torch
+
+from .tasks import TASKS, LossSampling, WorkerConfig, get_task, lr_at
 
 AUTO = "auto"
+SCREEN_PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 def parse_params(text: str, key: str) -> dict[str, Any]:
@@ -70,6 +73,8 @@ class RunSettings:
     attack_params: str = ""
     jump_solver: str = "global"
     jump_loss_size: int = 1024
+    jump_screen_size: int = 0
+    jump_screen_precision: str = "float32"
     alpha: float = 0.1
     seed: int = 1
     rounds: int | None = None
@@ -103,6 +108,7 @@ class RunSettings:
         self.aggregator()  # unknown names and parameters a stage rejects fail here
         if self.attack != "none":
             self.make_attack()
+        self.loss_sampling()
         for name in ("rounds", "batch_size", "eval_every", "jump_loss_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -156,6 +162,14 @@ class RunSettings:
                 raise ValueError("attack-params: set JUMP's solver with the jump-solver key")
             params["solver"] = self.jump_solver
         return get_attack(self.attack, **params)
+
+    def loss_sampling(self) -> LossSampling:
+        """JUMP's honest-loss samples: ``jump-loss-size`` examples, screening on ``jump-screen-size``
+        of them in ``jump-screen-precision``."""
+        if self.jump_screen_precision not in SCREEN_PRECISIONS:
+            raise ValueError(f"unknown jump-screen-precision {self.jump_screen_precision!r}; "
+                             f"valid: {', '.join(SCREEN_PRECISIONS)}")
+        return LossSampling(self.jump_loss_size, self.jump_screen_size, SCREEN_PRECISIONS[self.jump_screen_precision])
 
     @property
     def alpha_or_iid(self) -> float | None:

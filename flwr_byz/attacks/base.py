@@ -33,6 +33,8 @@ class AttackContext:
         lr: server step applied to the aggregate.
         params: current model ``theta`` as a flat ``(d,)`` tensor (JUMP).
         honest_loss: ``L_H`` on flat parameters ``(k, d) -> (k,)`` (JUMP).
+        screening_loss: a cheaper estimate of ``L_H`` (a sub-sample, reduced precision) that JUMP
+            ranks its candidates with before rescoring the best few with ``honest_loss``.
         flipped: the honest pipeline's vector on flipped labels ``9 - y`` (LF).
         generator: randomness for stochastic attacks (Gaussian, Mimic's start).
         order: ``(n,)`` row order in which the defence sees the stack ``[honest, Byzantine x f]``
@@ -45,6 +47,7 @@ class AttackContext:
     lr: float = 1.0
     params: Tensor | None = None
     honest_loss: HonestLoss | None = None
+    screening_loss: HonestLoss | None = None
     flipped: Tensor | None = None
     generator: torch.Generator | None = None
     order: Tensor | None = None

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext
+from .base import Attack, AttackContext, HonestLoss
 from .line_search import SOLVERS
 from .span import span_aggregation
+
+
+@dataclass
+class Scored:
+    """One distinct candidate aggregate: the smallest ``|lambda|`` giving it, its screened value
+    (``phi``) and, once computed, its value under the full honest loss."""
+
+    lam: float
+    value: float
+    full: float | None = None
 
 
 class JumpObjective:
@@ -21,12 +33,17 @@ class JumpObjective:
     when ``span_aggregation`` supports the aggregator (no ``(k, n, d)`` stack, see
     ``span``), else by one call of the batched rule on the candidate stacks
     ``(k, n, d)`` (honest rows, then ``f`` copies of ``lambda * gbar``, in ``ctx.order``), ``k``
-    chunked so a stack holds at most ``max_batch_elems`` entries. Equal aggregates
-    (saturated rules: far lambdas often give the same one) are scored once, by one
-    call of ``honest_loss`` on ``(k', d)`` parameters. NaN losses count as ``-inf``.
+    chunked so that one call materialises at most ``max_batch_elems`` entries.
+    Each distinct aggregate is scored once per step: aggregates are keyed by a
+    128-bit BLAKE2b digest of their bytes, within and across calls (saturated rules
+    give one aggregate for many lambdas; refinements revisit them). Scoring uses
+    ``ctx.screening_loss`` when given (a cheaper estimate of ``L_H``: a sub-sample,
+    reduced precision), else ``ctx.honest_loss``; :meth:`best` rescores the best
+    screened aggregates with ``L_H``. NaN losses count as ``-inf``.
     ``spread = max_i ||g_i - gbar|| / ||gbar||`` tells solvers where the copies sit
     among the honest vectors. ``evals`` counts scored lambdas, ``losses`` the
-    distinct aggregates whose loss was evaluated, ``calls`` the batched calls.
+    distinct aggregates whose (screening) loss was evaluated, ``calls`` the batched
+    calls, ``finalists`` the aggregates rescored with ``L_H``.
     """
 
     def __init__(self, honest: Tensor, ctx: AttackContext, max_batch_elems: int) -> None:
@@ -36,15 +53,22 @@ class JumpObjective:
             raise ValueError(f"jump: ctx needs {', '.join(missing)} (it scores the honest loss after the update)")
         if params.shape != honest.shape[1:]:
             raise ValueError(f"jump: ctx.params has shape {tuple(params.shape)}, expected ({honest.shape[1]},)")
-        self.aggregator, self.params, self.loss = aggregator, params, loss
+        self.aggregator, self.params, self.loss, self.screen = aggregator, params, loss, ctx.screening_loss
         self.honest, self.gbar, self.f, self.lr, self.order = honest, honest.mean(0), ctx.f, ctx.lr, ctx.order
         self.span = span_aggregation(aggregator, honest, ctx.f)
-        self.chunk = max(1, max_batch_elems // (ctx.n * honest.shape[1]))
+        rows = honest.shape[0] + 1 if self.span is not None else ctx.n  # (k, rows, d) entries per call
+        self.chunk = max(1, max_batch_elems // (rows * honest.shape[1]))
         radius, norm = float((honest - self.gbar).norm(dim=1).max()), float(self.gbar.norm())
         self.spread = radius / norm if norm > 0 else math.inf
+        self.scored: dict[bytes, Scored] = {}
         self.evals = 0
-        self.losses = 0
         self.calls = 0
+        self.finalists = 0
+
+    @property
+    def losses(self) -> int:
+        """Distinct aggregates scored so far."""
+        return len(self.scored)
 
     def __call__(self, lams: np.ndarray) -> np.ndarray:
         lams = np.asarray(lams, dtype=np.float64)
@@ -52,7 +76,27 @@ class JumpObjective:
         self.evals += len(lams)
         return out
 
+    def best(self, finalists: int) -> tuple[float, float]:
+        """``(lambda, L_H)`` of the best aggregate scored so far (ties: smallest ``|lambda|``).
+
+        With a screening loss, the ``finalists`` best screened aggregates are rescored
+        with ``L_H`` and the best of those wins; otherwise the screened value is ``L_H``.
+        """
+        ranked = sorted(self.scored.values(), key=lambda s: (-s.value, abs(s.lam)))
+        if self.screen is None:
+            return ranked[0].lam, ranked[0].value
+        top = ranked[:finalists]
+        todo = [s for s in top if s.full is None]
+        if todo:
+            values = self._losses(self._aggregate(torch.tensor([s.lam for s in todo])), self.loss)
+            for s, value in zip(todo, values, strict=True):
+                s.full = float(value)
+            self.finalists += len(todo)
+        winner = max(top, key=lambda s: (s.full, -abs(s.lam)))
+        return winner.lam, winner.full  # type: ignore[return-value]
+
     def _aggregate(self, lam: Tensor) -> Tensor:
+        lam = lam.to(device=self.honest.device, dtype=torch.float64)
         if self.span is not None:
             return self.span(lam)
         (h, d), k = self.honest.shape, len(lam)
@@ -60,19 +104,32 @@ class JumpObjective:
         stack = torch.cat([self.honest.expand(k, h, d), byz], dim=1)
         return self.aggregator(stack if self.order is None else stack[:, self.order])
 
-    def _score(self, lams: np.ndarray) -> np.ndarray:
-        lam = torch.as_tensor(lams, device=self.honest.device)
+    def _losses(self, aggregates: Tensor, loss: HonestLoss) -> np.ndarray:
+        """``loss(theta - lr * a)`` of each aggregate row, NaN as ``-inf``, as float64."""
         with torch.no_grad():
-            aggregates, inverse = torch.unique(self._aggregate(lam), dim=0, return_inverse=True)
-            loss = self.loss(self.params - self.lr * aggregates)
-        if loss.shape != (len(aggregates),):
+            values = loss(self.params - self.lr * aggregates)
+        if values.shape != (len(aggregates),):
             raise ValueError(
-                f"jump: honest_loss must map (k, d) -> (k,), got {tuple(loss.shape)} for k={len(aggregates)}"
+                f"jump: honest_loss must map (k, d) -> (k,), got {tuple(values.shape)} for k={len(aggregates)}"
             )
-        self.calls += 1
-        self.losses += len(aggregates)
-        values: np.ndarray = loss[inverse].double().cpu().numpy()
-        return np.nan_to_num(values, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+        out: np.ndarray = values.double().cpu().numpy()
+        return np.nan_to_num(out, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+
+    def _score(self, lams: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            aggregates = self._aggregate(torch.as_tensor(lams))
+        keys = [hashlib.blake2b(row.cpu().numpy().tobytes(), digest_size=16).digest() for row in aggregates]
+        new = {key: i for i, key in enumerate(keys) if key not in self.scored}
+        if new:
+            rows = aggregates[torch.tensor(list(new.values()), device=aggregates.device)]
+            values = self._losses(rows, self.screen or self.loss)
+            self.calls += 1
+            for (key, i), value in zip(new.items(), values, strict=True):
+                self.scored[key] = Scored(float(lams[i]), float(value))
+        for key, lam in zip(keys, lams, strict=True):
+            if abs(lam) < abs(self.scored[key].lam):
+                self.scored[key].lam = float(lam)
+        return np.array([self.scored[key].value for key in keys])
 
 
 class Jump(Attack):
@@ -83,15 +140,18 @@ class Jump(Attack):
     uphill. Solvers (``line_search``): ``"global"`` (default: batched grid and
     refinement, ``GlobalSearch``) or ``"powell"`` (the paper's: Powell from
     ``start = 1``, unbounded); ``solver_params`` are the chosen solver's fields.
-    ``max_batch_elems`` bounds the entries of one ``(k, n, d)`` candidate stack.
+    ``max_batch_elems`` bounds the entries one batched aggregation materialises.
+    With a screening loss in the context, the solver climbs the screened objective
+    and the ``finalists`` best distinct aggregates are rescored with ``L_H``.
     Metrics: ``jump-lambda``, ``jump-loss`` (predicted honest loss after the
     update), ``jump-evals`` (lambdas scored), ``jump-losses`` (distinct aggregates whose
-    loss was evaluated), ``jump-calls`` (batched calls).
+    loss was evaluated), ``jump-calls`` (batched calls), ``jump-finalists``.
     """
 
     name = "jump"
 
-    def __init__(self, solver: str = "global", max_batch_elems: int = 2**24, **solver_params: object) -> None:
+    def __init__(self, solver: str = "global", max_batch_elems: int = 2**26, finalists: int = 3,
+                 **solver_params: object) -> None:
         super().__init__()
         if solver not in SOLVERS:
             raise ValueError(f"jump: unknown solver {solver!r}; valid: {sorted(SOLVERS)}")
@@ -101,21 +161,23 @@ class Jump(Attack):
         if unknown:
             raise ValueError(
                 f"jump: unknown parameters {sorted(unknown)} for solver {solver!r}; "
-                f"valid: solver, max_batch_elems, {', '.join(sorted(valid))}"
+                f"valid: solver, max_batch_elems, finalists, {', '.join(sorted(valid))}"
             )
-        if max_batch_elems < 1:
-            raise ValueError(f"jump: max_batch_elems must be >= 1, got {max_batch_elems}")
+        if min(max_batch_elems, finalists) < 1:
+            raise ValueError(f"jump: need max_batch_elems, finalists >= 1, got {max_batch_elems}, {finalists}")
         self.solver = cls(**solver_params)  # type: ignore[arg-type]
-        self.max_batch_elems = max_batch_elems
+        self.max_batch_elems, self.finalists = max_batch_elems, finalists
 
     def _attack(self, honest: Tensor, ctx: AttackContext) -> Tensor:
         phi = JumpObjective(honest, ctx, self.max_batch_elems)
-        lam, loss = self.solver(phi, phi.spread)
+        self.solver(phi, phi.spread)
+        lam, loss = phi.best(self.finalists)
         self.metrics = {
             "jump-lambda": lam,
             "jump-loss": loss,
             "jump-evals": float(phi.evals),
             "jump-losses": float(phi.losses),
             "jump-calls": float(phi.calls),
+            "jump-finalists": float(phi.finalists),
         }
         return lam * phi.gbar

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from flwr.app import Context
 from torch import Tensor
 
 from ..aggregation import get_aggregator
 from ..attacks import Attack, AttackContext
+from ..attacks.base import HonestLoss
 from ..config import RunSettings
 from ..flat import FlatLayout
 from ..protocol import AttackReply, AttackRequest
 from ..records import to_record
-from ..tasks import seeded_generator
+from ..tasks import honest_losses, seeded_generator
 from .honest import momentum_step
 from .nodes import Role, device, honest_partitions, local_data
 from .records import load_state, save_state
@@ -22,16 +21,10 @@ from .records import load_state, save_state
 STATE_KEY = "attack-state"
 
 
-def honest_loss_oracle(settings: RunSettings, role: Role, round_: int) -> Callable[[Tensor], Tensor]:
-    """``L_H`` on flat parameters ``(k, d) -> (k,)``: the mean over honest workers of their loss on
-    ``jump-loss-size / h`` examples each, drawn afresh every round (the adversary knows the data)."""
+def honest_loss_oracle(settings: RunSettings, role: Role, round_: int) -> tuple[HonestLoss, HonestLoss | None]:
+    """JUMP's ``(L_H, screening L_H)`` this round (``flwr_byz.tasks.honest_losses``, sampled as the settings say)."""
     task, x, y, parts = honest_partitions(settings, role.h)
-    per_worker = max(1, settings.jump_loss_size // role.h)
-    gen = seeded_generator(settings.seed, round_, "jump-loss")
-    idx = torch.cat([torch.as_tensor(p)[torch.randperm(len(p), generator=gen)[:per_worker]] for p in parts])
-    xs, ys = x[idx].to(device()), y[idx].to(device())
-    model = task.build_model().to(device())
-    return lambda flat: task.batched_loss(model, flat, xs, ys)
+    return honest_losses(task, x, y, parts, settings.loss_sampling(), settings.seed, round_, device())
 
 
 def flipped_gradient(request: AttackRequest, context: Context, settings: RunSettings, role: Role, theta: Tensor,
@@ -66,6 +59,7 @@ def train_byzantine(request: AttackRequest, context: Context) -> AttackReply:
     layout = FlatLayout.of(state)
     theta = layout.flatten(state, honest.dtype)
     attack = restored(context, settings)
+    losses = honest_loss_oracle(settings, role, request.server_round) if attack.name == "jump" else (None, None)
     ctx = AttackContext(
         n=request.num_nodes,
         f=request.num_attackers,
@@ -73,7 +67,8 @@ def train_byzantine(request: AttackRequest, context: Context) -> AttackReply:
                                   **request.aggregation_params).for_round(request.server_round),
         lr=request.gamma * request.server_lr,
         params=theta,
-        honest_loss=honest_loss_oracle(settings, role, request.server_round) if attack.name == "jump" else None,
+        honest_loss=losses[0],
+        screening_loss=losses[1],
         flipped=flipped_gradient(request, context, settings, role, theta, layout) if attack.name == "lf" else None,
         generator=seeded_generator(settings.seed, request.server_round, role.partition_id, "attack"),
         order=torch.tensor(request.order, device=honest.device),

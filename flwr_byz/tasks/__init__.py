@@ -4,6 +4,7 @@ Pure torch + numpy + flwr_datasets; no Flower import.
 """
 
 from flwr_byz.tasks.datasets import DatasetNotFoundError
+from flwr_byz.tasks.honest_loss import LossSampling, honest_losses
 from flwr_byz.tasks.partition import partition
 from flwr_byz.tasks.task import TASKS, Task, get_task, prepare
 from flwr_byz.tasks.worker import WorkerConfig, WorkerStep, lr_at, sample_batch, seeded_generator, worker_step
@@ -11,10 +12,12 @@ from flwr_byz.tasks.worker import WorkerConfig, WorkerStep, lr_at, sample_batch,
 __all__ = [
     "TASKS",
     "DatasetNotFoundError",
+    "LossSampling",
     "Task",
     "WorkerConfig",
     "WorkerStep",
     "get_task",
+    "honest_losses",
     "lr_at",
     "partition",
     "prepare",

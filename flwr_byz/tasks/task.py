@@ -29,7 +29,7 @@ class Task:
     ``num_classes`` is 0 for a task that is not a classifier (toy2d). ``batched_logits``, for
     cross-entropy classifiers whose logits of many parameter vectors have a closed batched
     form (logistic regression), maps state entries with a leading ``k`` and images to
-    ``(N, k, classes)`` logits and replaces ``vmap`` in :meth:`batched_loss`.
+    ``(N, k, classes)`` logits, so :meth:`batched_loss` runs all models in one product.
     """
 
     name: str
@@ -82,30 +82,51 @@ class Task:
         picked = logits.gather(-1, y.view(-1, 1, 1).expand(-1, logits.shape[1], 1)).squeeze(-1)
         return (logits.logsumexp(-1) - picked).mean(0)
 
-    def batched_loss(self, model: nn.Module, flat: Tensor, x: Tensor, y: Tensor, batch_size: int = 1024) -> Tensor:
+    def batched_loss(self, model: nn.Module, flat: Tensor, x: Tensor, y: Tensor, batch_size: int | None = None,
+                     autocast: torch.dtype | None = None) -> Tensor:
         """Eval-mode losses ``(L(theta_1), ..., L(theta_k))`` on ``(x, y)`` of ``flat`` ``(k, d)``.
 
         ``theta_j`` fills the floating entries of ``model.state_dict()`` (``FlatLayout``
         order, BatchNorm statistics included); integer buffers come from ``model``.
-        All ``k`` models run at once (``torch.func.vmap``, or :attr:`batched_logits` where the
-        task has one), ``batch_size`` examples at a time; ``L`` is the mean of ``criterion``
-        over the examples. Differentiable in ``flat``.
+        ``L`` is the mean of ``criterion`` over the examples, ``batch_size`` at a time
+        (default: 64 on CPUs, where small batches stay in cache; 1024 on accelerators).
+        Where the task has :attr:`batched_logits`, all ``k`` models run in one product.
+        Otherwise the models run one after another (``functional_call``; a ``vmap`` over
+        the ``k`` models turns convolutions into grouped ones, 3-4x slower per model on
+        CPU), image batches and convolution kernels in channels-last layout (2-3x faster
+        on CPU). ``autocast`` (e.g. ``torch.bfloat16``) runs the forward passes under
+        ``torch.autocast``: about 2x faster again on CPUs with bf16 units, ~1e-4 off.
+        Differentiable in ``flat``.
         """
         layout = FlatLayout.of(model.state_dict())
         entries = layout.unflatten(flat)
+        batch_size = batch_size or (64 if flat.device.type == "cpu" else 1024)
         was_training = model.training
         model.eval()
-
-        def one(state: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
-            return self.criterion(functional_call(model, state, (xb,)), yb)
-
-        batched = torch.func.vmap(one, in_dims=(0, None, None)) if self.batched_logits is None else self._closed_form
         total = torch.zeros(flat.shape[0], dtype=flat.dtype, device=flat.device)
         for i in range(0, len(x), batch_size):
-            yb = y[i : i + batch_size]
-            total = total + batched(entries, x[i : i + batch_size], yb).to(total) * len(yb)
+            xb, yb = _channels_last(x[i : i + batch_size]), y[i : i + batch_size]
+            with torch.autocast(flat.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                if self.batched_logits is not None:
+                    losses = self._closed_form(entries, xb, yb)
+                else:
+                    losses = torch.stack([
+                        self.criterion(functional_call(model, _candidate(entries, j), (xb,)), yb)
+                        for j in range(len(flat))
+                    ])  # fmt: skip
+            total = total + losses.to(total) * len(yb)
         model.train(was_training)
         return total / len(x)
+
+
+def _channels_last(t: Tensor) -> Tensor:
+    """``t`` in channels-last layout if it is a 4-D (image batch or convolution kernel) tensor."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
+def _candidate(entries: dict[str, Tensor], j: int) -> dict[str, Tensor]:
+    """The state of model ``j`` from entries with a leading ``k``, kernels channels-last."""
+    return {name: _channels_last(value[j]) for name, value in entries.items()}
 
 
 def paper(lr: float, batch_size: int, clip: float, l2: float, rounds: int, momentum: float,

@@ -1,0 +1,199 @@
+"""Equal damage, shown: JUMP's searches compared from the same recorded states of a real run.
+
+    python benchmarks/bench_jump_replay.py [--task mnist] [--aggregation nnm+cm] [--rounds 48] [--every 2]
+    python benchmarks/bench_jump_replay.py --curves 1,2,3 --curve-rounds 30
+
+1. Replay. A real Robust D-SGD run of the task's CNN (12 honest nodes + f = 3 Byzantine,
+   the paper app's settings, in this process: ``flwr_byz.experiments.replay.simulate``)
+   under JUMP's default records every ``--every``-th round: the model, the honest
+   vectors, the server step; the data are the run's partitions. From each recorded
+   state every variant below picks its lambda with its own honest-loss oracle, and
+   the model after the update is scored on a held-out honest sample (``--heldout``
+   examples, equal weight per honest worker, disjoint from every oracle's sample where
+   a partition is large enough). Damage of a variant = its held-out loss increase
+   over SF (``lambda = -1``) summed over the rounds, as a percentage of the reference
+   search's (dense lambda grid, 4096-example oracle). Time = one attack call
+   (search + aggregations + losses), in this process at ``--threads`` torch threads
+   (1, as in a Flower node), next to one SF round's compute (12 honest steps + the
+   aggregation) measured in the same run.
+2. Curves (``--curves``): short runs under today's and the new default solver for
+   each seed, test accuracy every ``--curve-every`` rounds, and the seed-to-seed
+   spread to compare the gap with.
+
+Variants: ``today`` (the solver before issue 8: global search, every candidate on a
+1024-example oracle), each lever on its own, and ``default`` (the settings' defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flwr_byz.attacks import get_attack
+from flwr_byz.clients.nodes import honest_partitions
+from flwr_byz.config import RunSettings
+from flwr_byz.experiments.replay import RecordedRound, attack_context, simulate
+from flwr_byz.seeds import seeded_generator
+from flwr_byz.flat import FlatLayout
+from flwr_byz.tasks import get_task
+
+HONEST = 12
+REFERENCE_SAMPLE = 4096
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A JUMP configuration: attack parameters and run-settings overrides (the oracle's sampling)."""
+
+    params: dict[str, object] = field(default_factory=dict)
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def of(self, settings: RunSettings) -> RunSettings:
+        return dataclasses.replace(settings, **self.settings)
+
+
+def sampled(size: int, screen: int = 0, precision: str = "float32") -> dict[str, object]:
+    return {"jump_loss_size": size, "jump_screen_size": screen, "jump_screen_precision": precision}
+
+
+VARIANTS: dict[str, Variant] = {
+    "reference": Variant({"per_decade": 4, "inlier_points": 41, "peaks": 3, "rounds": 4}, sampled(REFERENCE_SAMPLE)),
+    "today": Variant({}, sampled(1024)),
+    "sample-256": Variant({}, sampled(256)),
+    "screen-256": Variant({}, sampled(1024, 256)),
+    "screen-128": Variant({}, sampled(1024, 128)),
+    "screen-256-bf16": Variant({}, sampled(1024, 256, "bfloat16")),
+    "grid-6-1": Variant({"inlier_points": 6, "rounds": 1}, sampled(1024)),
+    "default": Variant(),
+}
+
+
+def heldout_loss(settings: RunSettings, state: RecordedRound, size: int) -> Callable[[Tensor], float]:
+    """``L_H`` of one flat model on ``size // h`` examples per honest worker, taken after the first
+    ``REFERENCE_SAMPLE // h`` of the oracle's per-worker draw (disjoint from every oracle sample)."""
+    task, x, y, parts = honest_partitions(settings, HONEST)
+    gen = seeded_generator(settings.seed, state.round, "jump-loss")
+    skip, per_worker = REFERENCE_SAMPLE // HONEST, size // HONEST
+    draws = [torch.as_tensor(p)[torch.randperm(len(p), generator=gen)] for p in parts]
+    picks = [d[skip : skip + per_worker] if len(d) > skip else d[:per_worker] for d in draws]
+    model = task.build_model()
+
+    def loss(flat: Tensor) -> float:
+        return statistics.mean(float(task.batched_loss(model, flat[None], x[i], y[i])[0]) for i in picks)
+
+    return loss
+
+
+def sf_round_seconds(settings: RunSettings, state: RecordedRound) -> float:
+    """Compute of one SF round in this process: the honest steps and one aggregation."""
+    start = time.perf_counter()
+    for _ in simulate(settings, HONEST + settings.num_byzantine, get_attack("sf"), rounds=1):
+        pass
+    return time.perf_counter() - start
+
+
+def replay(args: argparse.Namespace, settings: RunSettings) -> None:
+    names = args.variants.split(",")
+    keep = set(range(args.every, args.rounds + 1, args.every))
+    print(f"recording {args.rounds} rounds of {settings.name} under JUMP's default (keeping {len(keep)})", flush=True)
+    states = [s for s in simulate(settings, HONEST + settings.num_byzantine, rounds=args.rounds) if s.round in keep]
+    sf_step = statistics.median(sf_round_seconds(settings, states[0]) for _ in range(3))
+    rule, f = settings.aggregator(), settings.num_byzantine
+    losses: dict[str, list[float]] = {name: [] for name in ["sf", *names]}
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    scored: dict[str, list[float]] = {name: [] for name in names}
+    for state in states:
+        heldout = heldout_loss(settings, state, args.heldout)
+        gbar = state.honest.mean(0)
+
+        def after(lam: float) -> float:
+            aggregate = rule.for_round(state.round)(torch.cat([state.honest, (lam * gbar).expand(f, -1)]))
+            return heldout(state.params - state.lr * aggregate)
+
+        losses["sf"].append(after(-1.0))
+        cells = []
+        for name in names:
+            variant = VARIANTS[name]
+            attack = get_attack("jump", **variant.params)
+            ctx = attack_context(variant.of(settings), state)
+            start = time.perf_counter()
+            attack(state.honest, ctx)
+            seconds[name].append(time.perf_counter() - start)
+            scored[name].append(attack.metrics["jump-losses"])
+            losses[name].append(after(attack.metrics["jump-lambda"]))
+            cells.append(f"{name} {attack.metrics['jump-lambda']:+.3f} {losses[name][-1]:.4f}")
+        print(f"round {state.round:>3}  sf {losses['sf'][-1]:.4f}  " + "  ".join(cells), flush=True)
+
+    base = np.array(losses["sf"])
+    ref = np.array(losses["reference"]) - base if "reference" in losses else None
+    print(f"\n{settings.task}, {settings.aggregation}, h = {HONEST}, f = {f}, {len(states)} rounds, "
+          f"held-out {args.heldout} examples, {torch.get_num_threads()} torch thread(s); "
+          f"one SF round (12 honest steps + aggregation) {sf_step:.2f} s")
+    print(f"{'variant':<16}{'s/attack':>9}{'x SF rnd':>9}{'losses':>8}{'held-out L':>12}{'+ over SF':>11}{'% of ref':>9}")
+    for name in names:
+        gain = np.array(losses[name]) - base
+        share = f"{100 * gain.sum() / ref.sum():.1f}" if ref is not None and ref.sum() > 0 else "-"
+        secs = statistics.mean(seconds[name])
+        print(f"{name:<16}{secs:>9.2f}{(sf_step + secs) / sf_step:>9.2f}{statistics.mean(scored[name]):>8.1f}"
+              f"{np.mean(losses[name]):>12.4f}{gain.mean():>+11.4f}{share:>9}")
+
+
+def curves(args: argparse.Namespace, settings: RunSettings) -> None:
+    """Test accuracy along short runs under today's and the default solver, per seed."""
+    task = get_task(settings.task)
+    x, y = task.load("test")
+    checkpoints = list(range(args.curve_every, args.curve_rounds + 1, args.curve_every))
+    table: dict[str, list[list[float]]] = {}
+    for name in ("today", "default"):
+        variant = VARIANTS[name]
+        for seed in (int(s) for s in args.curves.split(",")):
+            run = dataclasses.replace(variant.of(settings), seed=seed)
+            model, accuracy = task.build_model(), []
+            layout = FlatLayout.of(model.state_dict())
+            for state in simulate(run, HONEST + run.num_byzantine, get_attack("jump", **variant.params),
+                                  rounds=args.curve_rounds):
+                if state.round in checkpoints:
+                    model.load_state_dict(layout.unflatten(state.params))
+                    accuracy.append(task.evaluate(model, x, y)[1])
+            table.setdefault(name, []).append(accuracy)
+            print(f"{name:<8} seed {seed}: " + " ".join(f"{a:.3f}" for a in accuracy), flush=True)
+    today, default = np.array(table["today"]), np.array(table["default"])
+    print(f"\ntest accuracy at rounds {checkpoints} (mean over seeds)")
+    print("today   " + " ".join(f"{a:.3f}" for a in today.mean(0)))
+    print("default " + " ".join(f"{a:.3f}" for a in default.mean(0)))
+    print("gap     " + " ".join(f"{a:+.3f}" for a in default.mean(0) - today.mean(0)))
+    print("seed sd " + " ".join(f"{a:.3f}" for a in today.std(0, ddof=1)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="mnist")
+    ap.add_argument("--aggregation", default="nnm+cm")
+    ap.add_argument("--rounds", type=int, default=48, help="rounds of the recorded run")
+    ap.add_argument("--every", type=int, default=2, help="keep every n-th round")
+    ap.add_argument("--heldout", type=int, default=8192)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--curves", default="", help="comma-separated seeds: also compare accuracy curves")
+    ap.add_argument("--curve-rounds", type=int, default=30)
+    ap.add_argument("--curve-every", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = RunSettings(task=args.task, aggregation=args.aggregation, attack="jump", seed=args.seed)
+    if args.rounds:
+        replay(args, settings)
+    if args.curves:
+        curves(args, settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""JUMP's honest-loss oracle: ``L_H`` on a fresh sample of the honest partitions every round."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flwr_byz.attacks.base import HonestLoss
+from flwr_byz.seeds import seeded_generator
+from flwr_byz.tasks.task import Task
+
+
+@dataclass(frozen=True)
+class LossSampling:
+    """How JUMP estimates ``L_H``: ``size`` examples, and a cheaper screening estimate on the
+    first ``screen`` of them (0: none), its forward passes under ``torch.autocast(screen_dtype)``
+    (``None``: full precision). Both are split evenly over the honest partitions."""
+
+    size: int
+    screen: int = 0
+    screen_dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or not 0 <= self.screen <= self.size:
+            raise ValueError(f"need size >= 1 and 0 <= screen <= size, got size={self.size}, screen={self.screen}")
+
+
+def honest_losses(
+    task: Task, x: Tensor, y: Tensor, parts: Sequence[np.ndarray], sampling: LossSampling, seed: int, round_: int,
+    device: torch.device | str = "cpu",
+) -> tuple[HonestLoss, HonestLoss | None]:
+    """``(L_H, screening L_H or None)`` on flat parameters ``(k, d) -> (k,)`` in round ``round_``.
+
+    ``L_H`` is the mean loss over ``size // h`` examples of each of the ``h`` honest partitions
+    (a seeded permutation of each, drawn from ``(seed, round, "jump-loss")``: equal weight per
+    worker, the adversary knows the data); the screening estimate uses the first
+    ``screen // h`` of each worker's draw (at least one when ``screen > 0``).
+    """
+    h = len(parts)
+    gen = seeded_generator(seed, round_, "jump-loss")
+    draws = [torch.as_tensor(p)[torch.randperm(len(p), generator=gen)] for p in parts]
+    model = task.build_model().to(device)
+
+    def loss_on(per_worker: int, autocast: torch.dtype | None = None) -> HonestLoss:
+        idx = torch.cat([draw[:per_worker] for draw in draws])
+        xs, ys = x[idx].to(device), y[idx].to(device)
+        return lambda flat: task.batched_loss(model, flat, xs, ys, autocast=autocast)
+
+    full = loss_on(max(1, sampling.size // h))
+    screen = loss_on(max(1, sampling.screen // h), sampling.screen_dtype) if sampling.screen else None
+    return full, screen
