@@ -2,6 +2,7 @@
 
     python benchmarks/bench_flower_round.py [--task mnist] [--honest 12] [--fs 3] [--rounds 20] [--attacks none]
     python benchmarks/bench_flower_round.py --task mnist-logreg --attacks sf,jump --fs 1,3 --rounds 60
+    python benchmarks/bench_flower_round.py --task cifar10 --generated-data --attacks sf,jump --rounds 5
 
 * per f (``--fs``: Byzantine nodes, n = honest + f) and attack, one run; ratios are to the first
   attack's run at the same f (e.g. JUMP's cost per Flower round vs SF's). Attacks whose vector
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from flwr_byz.clients.nodes import honest_partitions
@@ -84,6 +87,19 @@ class PeakMemory:
         self.thread.join()
 
 
+def generated_cifar(root: Path, per_batch: int = 2000, seed: int = 0) -> Path:
+    """A CIFAR-10 folder in torchvision's format with random pixels and labels (``5 * per_batch``
+    training images): the real data's shapes and costs, for timing where no copy exists offline."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as fh:
+            pickle.dump({"data": data, "labels": rng.integers(0, 10, per_batch).tolist()}, fh)
+    return root
+
+
 def compute_per_round(settings: RunSettings, nodes: int, rounds: int = 3) -> float:
     """Seconds per round of the honest steps (one thread each, spread over the cores as Ray
     spreads the clients) and the aggregation, in this process."""
@@ -129,23 +145,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--attacks", default="none", help="comma-separated; the first is the baseline of the ratios")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other run-config keys")
+    parser.add_argument("--generated-data", action="store_true",
+                        help="cifar10: time on generated images (10,000 train) instead of a local copy")
     args = parser.parse_args()
     base = {"task": args.task, "aggregation": args.aggregation, "rounds": args.rounds, "eval-every": 1,
             "eval-size": 100, **dict(item.split("=", 1) for item in args.set)}
     attacks, fs = args.attacks.split(","), [int(f) for f in args.fs.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp, FlowerLauncher(Path(tmp) / "home") as launcher:
+        if args.generated_data:
+            base["data-dir"] = str(generated_cifar(Path(tmp) / "data"))
         runs = {(f, attack): wall_per_round(launcher, {**base, "attack": attack, "num-byzantine": f},
                                             args.honest + f, tmp) for f in fs for attack in attacks}
-    print(f"{args.task}, {args.aggregation}, {args.honest} honest nodes, CPU, "
-          f"torch threads {torch.get_num_threads()}, {args.rounds} rounds per run")
+        settings = RunSettings.from_run_config({**base, "attack": attacks[0], "num-byzantine": fs[0]})
+        compute = compute_per_round(settings, args.honest + fs[0])
+    print(f"{args.task}{' (generated data)' if args.generated_data else ''}, {args.aggregation}, {args.honest} "
+          f"honest nodes, CPU, torch threads {torch.get_num_threads()}, {args.rounds} rounds per run")
     print(f"{'f':>3}  {'attack':<10}{'wall/round':>12}{'x ' + attacks[0]:>10}{'peak PSS':>12}")
     for (f, attack), (wall, peak) in runs.items():
         print(f"{f:>3}  {attack:<10}{wall * 1000:>9.0f} ms{wall / runs[f, attacks[0]][0]:>10.2f}"
               f"{peak / 2**20:>8.0f} MiB")
-    settings = RunSettings.from_run_config({**base, "attack": attacks[0], "num-byzantine": fs[0]})
     wall = runs[fs[0], attacks[0]][0]
-    compute = compute_per_round(settings, args.honest + fs[0])
     print(f"\nf={fs[0]}, {attacks[0]}: compute {compute * 1000:.0f} ms per round (honest steps over {os.cpu_count()} "
           f"cores + aggregation, no Flower), framework overhead {(wall - compute) * 1000:.0f} ms = "
           f"{(wall - compute) / compute:.2f} x compute")

@@ -32,6 +32,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ from flwr_byz.flat import FlatLayout
 from flwr_byz.tasks import get_task
 
 HONEST = 12
-REFERENCE_SAMPLE = 4096
+REFERENCE_SAMPLE = 2048
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,14 @@ def sampled(size: int, screen: int = 0, precision: str = "float32") -> dict[str,
 
 
 VARIANTS: dict[str, Variant] = {
-    "reference": Variant({"per_decade": 4, "inlier_points": 41, "peaks": 3, "rounds": 4}, sampled(REFERENCE_SAMPLE)),
-    "today": Variant({}, sampled(1024)),
-    "sample-256": Variant({}, sampled(256)),
-    "screen-256": Variant({}, sampled(1024, 256)),
-    "screen-128": Variant({}, sampled(1024, 128)),
-    "screen-256-bf16": Variant({}, sampled(1024, 256, "bfloat16")),
-    "grid-6-1": Variant({"inlier_points": 6, "rounds": 1}, sampled(1024)),
+    "reference": Variant({"inlier_points": 25, "peaks": 2, "rounds": 3, "per_decade": 3}, sampled(REFERENCE_SAMPLE)),
+    "today": Variant({"piece_ends": 0}, sampled(1024)),
+    "screen-64": Variant({"piece_ends": 0}, sampled(1024, 64)),
+    "r3s3": Variant({"rounds": 3, "piece_ends": 0}, sampled(1024, 64)),
+    "r4s2-ends": Variant({"rounds": 4, "splits": 2}, sampled(1024, 64)),
+    "r4s2-ends-f2-512": Variant({"rounds": 4, "splits": 2, "finalists": 2}, sampled(512, 64)),
+    "r4s2-f2-512": Variant({"rounds": 4, "splits": 2, "piece_ends": 0, "finalists": 2}, sampled(512, 64)),
+    "r4s2-sample-256": Variant({"rounds": 4, "splits": 2}, sampled(256)),
     "default": Variant(),
 }
 
@@ -92,20 +94,42 @@ def heldout_loss(settings: RunSettings, state: RecordedRound, size: int) -> Call
     return loss
 
 
-def sf_round_seconds(settings: RunSettings, state: RecordedRound) -> float:
-    """Compute of one SF round in this process: the honest steps and one aggregation."""
-    start = time.perf_counter()
-    for _ in simulate(settings, HONEST + settings.num_byzantine, get_attack("sf"), rounds=1):
-        pass
-    return time.perf_counter() - start
+def sf_round_seconds(settings: RunSettings, threads: int) -> float:
+    """Compute of one SF round in this process at ``threads`` torch threads: the honest steps and one
+    aggregation (the median of three first rounds)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in simulate(settings, HONEST + settings.num_byzantine, get_attack("sf"), rounds=1):
+            pass
+        times.append(time.perf_counter() - start)
+    torch.set_num_threads(before)
+    return statistics.median(times)
+
+
+def recorded(args: argparse.Namespace, settings: RunSettings, keep: set[int]) -> list[RecordedRound]:
+    """The kept rounds of the run under the ``--drive`` variant (from ``--states`` if that file exists,
+    else recorded, and saved there when given)."""
+    if args.states and Path(args.states).exists():
+        states: list[RecordedRound] = torch.load(args.states, weights_only=False)
+        print(f"{len(states)} recorded rounds from {args.states}")
+        return states
+    drive = VARIANTS[args.drive]
+    print(f"recording {args.rounds} rounds of {settings.name} under JUMP {args.drive} (keeping {len(keep)})", flush=True)
+    run = simulate(drive.of(settings), HONEST + settings.num_byzantine, get_attack("jump", **drive.params), args.rounds)
+    states = [s for s in run if s.round in keep]
+    if args.states:
+        torch.save(states, args.states)
+    return states
 
 
 def replay(args: argparse.Namespace, settings: RunSettings) -> None:
-    names = args.variants.split(",")
+    names, threads = args.variants.split(","), torch.get_num_threads()
     keep = set(range(args.every, args.rounds + 1, args.every))
-    print(f"recording {args.rounds} rounds of {settings.name} under JUMP's default (keeping {len(keep)})", flush=True)
-    states = [s for s in simulate(settings, HONEST + settings.num_byzantine, rounds=args.rounds) if s.round in keep]
-    sf_step = statistics.median(sf_round_seconds(settings, states[0]) for _ in range(3))
+    states = recorded(args, settings, keep)
+    sf_step = sf_round_seconds(settings, args.threads)
     rule, f = settings.aggregator(), settings.num_byzantine
     losses: dict[str, list[float]] = {name: [] for name in ["sf", *names]}
     seconds: dict[str, list[float]] = {name: [] for name in names}
@@ -124,9 +148,11 @@ def replay(args: argparse.Namespace, settings: RunSettings) -> None:
             variant = VARIANTS[name]
             attack = get_attack("jump", **variant.params)
             ctx = attack_context(variant.of(settings), state)
+            torch.set_num_threads(threads if name == "reference" else args.threads)  # time the others as in a node
             start = time.perf_counter()
             attack(state.honest, ctx)
             seconds[name].append(time.perf_counter() - start)
+            torch.set_num_threads(threads)
             scored[name].append(attack.metrics["jump-losses"])
             losses[name].append(after(attack.metrics["jump-lambda"]))
             cells.append(f"{name} {attack.metrics['jump-lambda']:+.3f} {losses[name][-1]:.4f}")
@@ -135,7 +161,7 @@ def replay(args: argparse.Namespace, settings: RunSettings) -> None:
     base = np.array(losses["sf"])
     ref = np.array(losses["reference"]) - base if "reference" in losses else None
     print(f"\n{settings.task}, {settings.aggregation}, h = {HONEST}, f = {f}, {len(states)} rounds, "
-          f"held-out {args.heldout} examples, {torch.get_num_threads()} torch thread(s); "
+          f"held-out {args.heldout} examples, attacks timed at {args.threads} torch thread(s); "
           f"one SF round (12 honest steps + aggregation) {sf_step:.2f} s")
     print(f"{'variant':<16}{'s/attack':>9}{'x SF rnd':>9}{'losses':>8}{'held-out L':>12}{'+ over SF':>11}{'% of ref':>9}")
     for name in names:
@@ -179,15 +205,16 @@ def main() -> None:
     ap.add_argument("--aggregation", default="nnm+cm")
     ap.add_argument("--rounds", type=int, default=48, help="rounds of the recorded run")
     ap.add_argument("--every", type=int, default=2, help="keep every n-th round")
+    ap.add_argument("--drive", default="default", help="the variant whose run is recorded")
+    ap.add_argument("--states", default="", help="file of recorded rounds: loaded if it exists, else written")
     ap.add_argument("--heldout", type=int, default=8192)
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the timed attacks (a Flower node's)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--curves", default="", help="comma-separated seeds: also compare accuracy curves")
     ap.add_argument("--curve-rounds", type=int, default=30)
     ap.add_argument("--curve-every", type=int, default=5)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     settings = RunSettings(task=args.task, aggregation=args.aggregation, attack="jump", seed=args.seed)
     if args.rounds:
         replay(args, settings)

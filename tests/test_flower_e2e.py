@@ -7,6 +7,9 @@ import torch
 
 from conftest import ROOT
 from flwr_byz.config import RunSettings
+from flwr_byz.experiments.replay import simulate
+from flwr_byz.flat import FlatLayout
+from flwr_byz.tasks import get_task
 from flwr_byz.experiments.results import is_complete, read_run, results_path
 
 pytestmark = pytest.mark.flower
@@ -113,3 +116,16 @@ def test_two_runs_with_the_same_seed_are_identical(launcher, tmp_path):
                      for row in run_file({**config, "results-dir": str(tmp_path / name)})[1]])
     assert rows[0] == rows[1]  # every loss and accuracy, bit for bit
     assert rows[0][-1]["test-accuracy"] != rows[0][0]["test-accuracy"]
+    # The in-process replay recorder (benchmarks/bench_jump_replay.py) runs the same training.
+    settings = RunSettings.from_run_config(config)
+    *_, last = simulate(settings, nodes=5)
+    task = get_task(settings.task)
+    x, y = task.load("test")
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(settings.seed))[: settings.eval_size]
+    model = task.build_model()
+    vector = last.attack.expand(settings.num_byzantine, -1)
+    model.load_state_dict(FlatLayout.of(model.state_dict()).unflatten(
+        last.params - last.lr * settings.aggregator()(torch.cat([last.honest, vector]))))
+    loss, accuracy = task.evaluate(model, x[keep], y[keep])
+    assert accuracy == rows[0][-1]["test-accuracy"]
+    assert loss == pytest.approx(rows[0][-1]["test-loss"], rel=1e-5)

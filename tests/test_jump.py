@@ -12,6 +12,8 @@ from torch import Tensor
 
 from flwr_byz.aggregation import get_aggregator
 from flwr_byz.attacks import AttackContext, GlobalSearch, JumpObjective, Powell, get_attack
+from flwr_byz.attacks import span
+from flwr_byz.aggregation.nnm import nearest_neighbours
 from flwr_byz.attacks.span import sort_rows, span_aggregation
 
 Loss = Callable[[Tensor], Tensor]
@@ -266,3 +268,159 @@ def test_2d_global_jump_resists_jumps_over_the_minimum_and_escapes() -> None:
     assert bool((side[1:] != side[:-1]).all())
     # ... and keeps the honest loss lower along the way.
     assert float(loss.mean()) > float(toy_loss(powell).mean()) + 0.05
+
+
+@pytest.mark.parametrize("spec", ["cm", "tm", "nnm+cm", "nnm+tm", "clipping+nnm+cm"])
+def test_blocked_coordinate_rules_are_exact_with_ties_and_saturation(spec: str, monkeypatch) -> None:
+    # Blocks of 16 of d = 40 coordinates (two full, one partial); integer-valued honest vectors with a
+    # duplicated row: exact ties among honest values, and with the copies at lambda = +-9 (9 gbar is
+    # integer); far lambdas where CM/TM saturate. The fast path must equal the batched rule to rounding.
+    # (lambda = 0 is left out for NNM: clipped rows tie in distance with a zero copy, and a tie of
+    # distances in R^d need not be one in rounded span coordinates.)
+    monkeypatch.setattr(span, "BLOCK", 16)
+    gen, f, d = torch.Generator().manual_seed(7), 3, 40
+    honest = torch.randint(-2, 3, (9, d), generator=gen).double()
+    honest[4] = honest[1]
+    aggregator = get_aggregator(spec, f=f, **({"c": 6.0} if spec.startswith("clipping") else {}))
+    lams = torch.tensor([-1e6, -50.0, -9.0, -1.0, 0.5, 1.0, 2.0, 4.5, 9.0, 50.0, 1e6], dtype=torch.float64)
+    if "nnm" not in spec:
+        lams = torch.cat([lams, torch.zeros(1, dtype=torch.float64)])
+    fast = span_aggregation(aggregator, honest, f)
+    assert fast is not None
+    expected = aggregator(torch.cat([honest.expand(len(lams), -1, -1),
+                                     (lams[:, None] * honest.mean(0)).unsqueeze(1).expand(-1, f, -1)], dim=1))
+    scale = (1 + lams.abs()[:, None]) * float(honest.abs().max())  # the lift rounds relative to the copies' norm
+    assert bool(((fast(lams) - expected).abs() <= 1e-13 * scale).all())
+
+
+def test_repeated_aggregates_are_scored_once_across_calls() -> None:
+    honest, ctx = random_problem(4, "cm", "softmax")
+    calls = []
+    counted = AttackContext(**{**ctx.__dict__, "honest_loss": lambda t: calls.append(len(t)) or ctx.honest_loss(t)})
+    phi = JumpObjective(honest, counted, 2**20)
+    first = phi(np.array([0.5, 1e6]))
+    second = phi(np.array([1e7, 0.5, -1e6]))  # 1e7 and 0.5 were seen (1e7 as the same saturated aggregate)
+    assert calls == [2, 1] and (phi.evals, phi.losses, phi.calls) == (5, 3, 2)
+    assert second[0] == first[1] and second[1] == first[0]
+    assert [s.lam for s in phi.scored.values()] == [0.5, 1e6, -1e6]  # smallest |lambda| per aggregate
+
+
+def mean_rule_problem(lam0: float, n: int = 8, f: int = 3, lr: float = 0.5) -> tuple[Tensor, AttackContext, Loss]:
+    """Mean rule: ``theta' = theta - lr gbar (h + f lambda) / n``; ``L = -||theta' - c||^2`` peaks at ``lam0``."""
+    honest = torch.randn(n - f, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theta, gbar = torch.zeros(4, dtype=torch.float64), honest.mean(0)
+
+    def peaked(lam: float) -> Loss:
+        target = theta - lr * gbar * (n - f + f * lam) / n
+        return lambda t: -((t - target) ** 2).sum(-1)
+
+    ctx = AttackContext(n=n, f=f, aggregator=get_aggregator("mean", f=f), lr=lr, params=theta, honest_loss=peaked(lam0))
+    return honest, ctx, peaked
+
+
+def test_screened_search_rescores_its_finalists_with_the_honest_loss() -> None:
+    # The screening estimate peaks at 2.0, the honest loss at 3.7: the search climbs the screen,
+    # then the finalists (its best distinct aggregates) are rescored and the best of them by L_H wins.
+    honest, ctx, peaked = mean_rule_problem(3.7)
+    screened = AttackContext(**{**ctx.__dict__, "screening_loss": peaked(2.0)})
+    for finalists in (1, 3):
+        attack = get_attack("jump", finalists=finalists, rounds=30)
+        out = attack(honest, screened)
+        lam = attack.metrics["jump-lambda"]
+        assert attack.metrics["jump-finalists"] == finalists
+        assert attack.metrics["jump-loss"] == pytest.approx(float(ctx.honest_loss((ctx.params - ctx.lr * get_aggregator(
+            "mean", f=3)(torch.cat([honest, out.expand(3, -1)])))[None])[0]), rel=1e-12)  # L_H, not the screen
+        assert torch.equal(out, lam * honest.mean(0))
+    assert 2.0 < lam < 3.7  # with 3 finalists, the one nearest 3.7 of the points scored around 2.0
+    single = get_attack("jump", finalists=1, rounds=30)
+    single(honest, screened)
+    assert single.metrics["jump-lambda"] == pytest.approx(2.0, abs=1e-4) and single.metrics["jump-loss"] < attack.metrics["jump-loss"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_subsampled_screen_finds_the_full_samples_maximiser(seed: int) -> None:
+    # Softmax regression on 512 points: screening on 64 of them (common points for all candidates)
+    # and rescoring 3 finalists on all 512 reaches at least 99% of the full search's gain over SF.
+    gen = torch.Generator().manual_seed(seed)
+    p, c, m = 5, 4, 512
+    x, y = torch.randn(m, p, generator=gen, dtype=torch.float64), torch.randint(c, (m,), generator=gen)
+
+    def loss_on(rows: slice) -> Loss:
+        def loss(theta: Tensor) -> Tensor:
+            w, b = theta[:, : p * c].reshape(-1, p, c), theta[:, p * c :]
+            logits = torch.einsum("mp,kpc->kcm", x[rows], w) + b[:, :, None]
+            return torch.nn.functional.cross_entropy(logits, y[rows].expand(len(theta), -1), reduction="none").mean(1)
+        return loss
+
+    d, full = p * c + c, loss_on(slice(None))
+    theta = 0.3 * torch.randn(d, generator=gen, dtype=torch.float64)
+    grad = torch.func.grad(lambda t: full(t[None])[0])(theta)
+    honest = grad + grad.norm() * torch.randn(9, d, generator=gen, dtype=torch.float64) / d**0.5
+    ctx = AttackContext(n=12, f=3, aggregator=get_aggregator("nnm+cm", f=3), lr=1.0, params=theta, honest_loss=full)
+    whole = get_attack("jump")
+    whole(honest, ctx)
+    screened = get_attack("jump")
+    screened(honest, AttackContext(**{**ctx.__dict__, "screening_loss": loss_on(slice(0, 64))}))
+    sf = float(full((theta - ctx.lr * ctx.aggregator(torch.cat([honest, -honest.mean(0).expand(3, -1)])))[None])[0])
+    gain, reached = whole.metrics["jump-loss"] - sf, screened.metrics["jump-loss"] - sf
+    assert gain > 0 and reached >= 0.99 * gain
+    assert screened.metrics["jump-losses"] <= whole.metrics["jump-losses"] + 3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_breakpoints_are_exactly_where_nnm_changes_its_neighbours(seed: int) -> None:
+    honest, ctx = random_problem(seed, "nnm+cm", "softmax")
+    fast = span_aggregation(ctx.aggregator, honest, ctx.f)
+    breaks = fast.breakpoints()
+    assert breaks is not None and len(breaks) > 0 and np.all(np.diff(breaks) > 0)
+    rbar = fast.coords.mean(0)
+
+    def configuration(lams: np.ndarray) -> Tensor:
+        copies = (torch.as_tensor(lams)[:, None] * rbar).unsqueeze(1).expand(-1, ctx.f, -1)
+        stacks = torch.cat([fast.coords.expand(len(lams), -1, -1), copies], dim=1)
+        return nearest_neighbours(stacks, ctx.n - ctx.f).sort(dim=-1).values
+
+    grid = np.linspace(breaks.min() - 1, breaks.max() + 1, 4001)
+    config = configuration(grid)
+    changed = np.flatnonzero((config[1:] != config[:-1]).flatten(1).any(1).numpy())
+    for i in changed:  # every change seen on the grid has a breakpoint in its interval
+        assert np.any((breaks > grid[i]) & (breaks < grid[i + 1]))
+    step = 1e-9 * np.maximum(1, np.abs(breaks))
+    assert bool((configuration(breaks - step) != configuration(breaks + step)).flatten(1).any(1).all())
+    # Between breakpoints the aggregate is continuous: a tiny step moves it by a tiny amount.
+    mids = (breaks[1:] + breaks[:-1]) / 2
+    near = fast(torch.as_tensor(mids)) - fast(torch.as_tensor(mids + 1e-7 * np.diff(breaks)))
+    assert float(near.abs().max()) < 1e-5 * float(honest.abs().max())
+
+
+def test_only_continuous_rules_after_nnm_report_breakpoints() -> None:
+    honest = torch.randn(9, 6, dtype=torch.float64)
+    assert len(span_aggregation(get_aggregator("cm", f=3), honest, 3).breakpoints()) == 0  # continuous in lambda
+    assert span_aggregation(get_aggregator("nnm+krum", f=3), honest, 3).breakpoints() is None  # Krum's choice jumps
+    assert span_aggregation(get_aggregator("clipping+nnm+cm", f=3, c=1.0), honest, 3).breakpoints() is None
+
+
+class Sawtooth:
+    """``phi`` with jumps at ``breakpoints``: each piece decreases linearly from its left end, whose
+    height is given, so the maximiser is ``just right of`` the best jump."""
+
+    def __init__(self, breakpoints: np.ndarray, heights: np.ndarray, known: bool) -> None:
+        self.jumps, self.heights = breakpoints, heights
+        self.breakpoints = breakpoints if known else None
+
+    def __call__(self, lams: np.ndarray) -> np.ndarray:
+        piece = np.searchsorted(self.jumps, lams, side="right") - 1
+        tooth = self.heights[np.clip(piece, 0, None)] - 0.5 * (lams - self.jumps[np.clip(piece, 0, None)])
+        return np.where(piece >= 0, tooth, 0.5 - 0.01 * np.abs(lams))  # low before the first jump
+
+
+def test_piece_ends_land_on_the_top_of_the_best_tooth() -> None:
+    gen = np.random.default_rng(3)
+    breaks = np.sort(gen.uniform(-3.0, -2.0, 12))
+    heights = 1.0 + 0.02 * gen.random(12)
+    best = breaks[np.argmax(heights)]
+    search = GlobalSearch(rounds=4, splits=2)
+    lam, value = search(Sawtooth(breaks, heights, known=True), 4.0)
+    assert lam == pytest.approx(best, abs=1e-8) and value == pytest.approx(heights.max(), abs=1e-8)
+    blind_lam, blind = search(Sawtooth(breaks, heights, known=False), 4.0)
+    assert blind < value - 1e-4  # multisection alone stops on a lower point of some tooth

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+
+import numpy as np
 
 import pytest
 import torch
 from torch import nn
 
 from flwr_byz.flat import FlatLayout
-from flwr_byz.tasks import TASKS, get_task
+from flwr_byz.tasks import TASKS, LossSampling, get_task, honest_losses
 from flwr_byz.tasks.models import Toy2d
 
 Z = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
@@ -147,7 +150,9 @@ def _loop_losses(task_name: str, model: nn.Module, flat: torch.Tensor, x: torch.
     return out
 
 
-@pytest.mark.parametrize(("name", "shape"), [("mnist-logreg", (1, 28, 28)), ("cifar10", (3, 32, 32)), ("toy2d", (2,))])
+@pytest.mark.parametrize(("name", "shape"), [
+    ("mnist-logreg", (1, 28, 28)), ("mnist", (1, 28, 28)), ("cifar10", (3, 32, 32)), ("toy2d", (2,)),
+])
 def test_batched_loss_matches_loop(name: str, shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
     task = get_task(name)
@@ -175,3 +180,39 @@ def test_batched_loss_toy2d_is_the_honest_loss_and_differentiable() -> None:
     (g,) = torch.autograd.grad(got.sum(), thetas)
     (g_want,) = torch.autograd.grad(want.sum(), thetas)
     torch.testing.assert_close(g, g_want)
+
+
+def test_bfloat16_screening_losses_are_close_and_rank_like_full_precision() -> None:
+    torch.manual_seed(0)
+    task = get_task("mnist")
+    model = task.build_model()
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    layout = FlatLayout.of(model.state_dict())
+    flat = layout.flatten(model.state_dict()) + torch.linspace(0, 0.2, 5)[:, None] * torch.randn(layout.numel)
+    full = task.batched_loss(model, flat, x, y)
+    low = task.batched_loss(model, flat, x, y, autocast=torch.bfloat16)
+    assert low.dtype == full.dtype == torch.float32
+    torch.testing.assert_close(low, full, rtol=1e-2, atol=1e-2)
+    assert not torch.equal(low, full)  # it did run in reduced precision
+    assert torch.equal(low.argsort(), full.argsort())
+
+
+def test_honest_loss_samples_split_evenly_and_screen_on_a_prefix() -> None:
+    # toy2d's criterion gets the targets: with y = example index it records which examples were drawn.
+    x, y = torch.zeros(20, 2), torch.arange(20.0)
+    parts = [np.arange(0, 8), np.arange(8, 12), np.arange(12, 20)]
+    seen: list[list[int]] = []
+    recording = dataclasses.replace(get_task("toy2d"), criterion=lambda out, b: seen.append(b.long().tolist()) or out.mean())
+    theta = torch.zeros(1, 2)
+    for round_, sampling in [(5, LossSampling(size=9, screen=3)), (5, LossSampling(9, 3)), (6, LossSampling(9))]:
+        full, screen = honest_losses(recording, x, y, parts, sampling, seed=1, round_=round_)
+        full(theta)
+        if screen is not None:
+            screen(theta)
+    (everything, prefix, again, again_prefix, other), none = seen, screen
+    assert [sum(i in p for i in everything[3 * w : 3 * w + 3]) for w, p in enumerate(parts)] == [3, 3, 3]
+    assert len(set(everything)) == 9  # 3 distinct examples of each honest worker
+    assert prefix == everything[0::3]  # screening: each worker's first draw
+    assert (again, again_prefix) == (everything, prefix) and other != everything and none is None  # seeded by (seed, round)
+    with pytest.raises(ValueError, match="0 <= screen <= size"):
+        LossSampling(size=8, screen=9)

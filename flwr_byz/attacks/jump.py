@@ -41,7 +41,9 @@ class JumpObjective:
     reduced precision), else ``ctx.honest_loss``; :meth:`best` rescores the best
     screened aggregates with ``L_H``. NaN losses count as ``-inf``.
     ``spread = max_i ||g_i - gbar|| / ||gbar||`` tells solvers where the copies sit
-    among the honest vectors. ``evals`` counts scored lambdas, ``losses`` the
+    among the honest vectors; ``breakpoints`` (sorted lambdas, or ``None`` if unknown) are
+    the only places where ``phi`` can jump (``SpanAggregation.breakpoints``).
+    ``evals`` counts scored lambdas, ``losses`` the
     distinct aggregates whose (screening) loss was evaluated, ``calls`` the batched
     calls, ``finalists`` the aggregates rescored with ``L_H``.
     """
@@ -56,6 +58,7 @@ class JumpObjective:
         self.aggregator, self.params, self.loss, self.screen = aggregator, params, loss, ctx.screening_loss
         self.honest, self.gbar, self.f, self.lr, self.order = honest, honest.mean(0), ctx.f, ctx.lr, ctx.order
         self.span = span_aggregation(aggregator, honest, ctx.f)
+        self.breakpoints = self.span.breakpoints() if self.span is not None else None
         rows = honest.shape[0] + 1 if self.span is not None else ctx.n  # (k, rows, d) entries per call
         self.chunk = max(1, max_batch_elems // (rows * honest.shape[1]))
         radius, norm = float((honest - self.gbar).norm(dim=1).max()), float(self.gbar.norm())
@@ -88,7 +91,7 @@ class JumpObjective:
         top = ranked[:finalists]
         todo = [s for s in top if s.full is None]
         if todo:
-            values = self._losses(self._aggregate(torch.tensor([s.lam for s in todo])), self.loss)
+            values = self._losses(self._aggregate(torch.tensor([s.lam for s in todo], dtype=torch.float64)), self.loss)
             for s, value in zip(todo, values, strict=True):
                 s.full = float(value)
             self.finalists += len(todo)

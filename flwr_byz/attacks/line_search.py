@@ -20,6 +20,7 @@ from scipy.optimize import minimize
 BatchedFn = Callable[[np.ndarray], np.ndarray]
 
 _BIG = 1e300  # finite stand-in for infinite values inside scipy's solvers
+PIECE_STEP = 1e-9  # relative offset of a piece's end from the jump that bounds it
 
 
 def _negated(phi: BatchedFn) -> Callable[[float], float]:
@@ -72,6 +73,10 @@ class GlobalSearch:
        a sawtooth (each change of a neighbour set or of the selected vector is a
        jump), which this batched multisection climbs where parabolic or
        golden-section steps stall on the jumps, in few calls.
+       Where ``phi`` knows its jumps (``phi.breakpoints``: sorted lambdas, see
+       ``span.SpanAggregation.breakpoints``) and a bracket holds at most ``piece_ends``
+       of them, both sides of each are scored instead: ``phi`` is continuous between
+       jumps, so a tooth's top is at one of its ends (or inside, found by later rounds).
     The result is the best point ever scored (ties: smallest ``|lambda|``).
     """
 
@@ -84,6 +89,7 @@ class GlobalSearch:
     peaks: int = 1
     rounds: int = 2
     splits: int = 3
+    piece_ends: int = 4
     xtol: float = 1e-8
 
     def __post_init__(self) -> None:
@@ -91,8 +97,8 @@ class GlobalSearch:
             raise ValueError(
                 f"need 0 < lam_min < lam_max <= lam_cap < inf, got {self.lam_min}, {self.lam_max}, {self.lam_cap}"
             )
-        if min(self.per_decade, self.peaks, self.splits) < 1 or min(self.inlier_points, self.rounds) < 0:
-            raise ValueError("need per_decade, peaks, splits >= 1 and inlier_points, rounds >= 0")
+        if min(self.per_decade, self.peaks, self.splits) < 1 or min(self.inlier_points, self.rounds, self.piece_ends) < 0:
+            raise ValueError("need per_decade, peaks, splits >= 1 and inlier_points, rounds, piece_ends >= 0")
         if not (self.xtol > 0 and self.inlier_width > 0):
             raise ValueError("need inlier_width > 0 and xtol > 0")
 
@@ -108,8 +114,9 @@ class GlobalSearch:
     def __call__(self, phi: BatchedFn, spread: float) -> tuple[float, float]:
         xs = self.grid(spread)
         xs, ys = self._tails(phi, xs, phi(xs))
+        breaks = getattr(phi, "breakpoints", None)
         for _ in range(self.rounds):
-            new = self._refinements(xs, ys)
+            new = self._refinements(xs, ys, breaks)
             if not len(new):
                 break
             xs, ys = _merge(xs, ys, new, phi(new))
@@ -126,10 +133,17 @@ class GlobalSearch:
             new = np.unique(np.clip(xs[i] * ratio ** np.arange(1, self.per_decade + 1), -self.lam_cap, self.lam_cap))
             xs, ys = _merge(xs, ys, new, phi(new))
 
-    def _refinements(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    def _refinements(self, xs: np.ndarray, ys: np.ndarray, breaks: np.ndarray | None) -> np.ndarray:
         """New points between the ``peaks`` best local maxima and their neighbours (step 3)."""
-        out = []
+        out: list[float] = []
         for i in _local_maxima(xs, ys)[: self.peaks]:
+            lo, hi = xs[max(i - 1, 0)], xs[min(i + 1, len(xs) - 1)]
+            inside = breaks[(breaks > lo) & (breaks < hi)] if breaks is not None else np.empty(0)
+            step = PIECE_STEP * np.maximum(1.0, np.abs(inside))
+            ends = np.setdiff1d(np.concatenate([inside - step, inside + step]), xs)
+            if 0 < len(inside) <= self.piece_ends and len(ends):
+                out += list(ends)
+                continue
             tol = self.xtol * max(1.0, abs(xs[i]))
             for j in (i - 1, i + 1):
                 if 0 <= j < len(xs) and abs(xs[j] - xs[i]) > (self.splits + 1) * tol:

@@ -21,14 +21,19 @@ factorisation ``H^T = Q R`` of the honest stack ``H`` (once per step, ``O(h^2 d)
   above ``s_q`` they leave the ``q`` smallest alone. CM is ``o_((n+1)/2)`` (``n`` odd)
   or ``(o_(n/2) + o_(n/2+1)) / 2``; TM with trim ``t`` is the mean of ``o_q``, ``t < q <= n-t``.
   Only ``Y`` is sorted, once per distinct ``Y`` (without pre-aggregation, once per step),
-  by Batcher's odd-even merge sorting network: ``O(h log^2 h)`` elementwise min/max
-  over ``(k, d)`` rows, several times faster than ``torch.sort`` along a short axis.
+  by the Batcher selection network of the ranks needed (``O(h log^2 h)`` elementwise
+  min/max, several times faster than ``torch.sort`` along a short axis), block by block
+  of coordinates so that the ``h`` lifted rows stay in cache.
+* Jumps: NNM's neighbour sets change at finitely many lambdas, roots of quadratics in
+  the coordinates (``SpanAggregation.breakpoints``); between them Mean, GM, CM and TM
+  after NNM are continuous in lambda, which JUMP's search uses to land on a jump.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,6 +48,7 @@ from ..aggregation import (
     StaticClipping,
     TrimmedMean,
 )
+from ..aggregation.nnm import nearest_neighbours
 from ..aggregation.sorting import sort_rows
 
 SPAN_PRE = (NearestNeighborMixing, StaticClipping)
@@ -82,6 +88,49 @@ class SpanAggregation:
         for stage in self.aggregation.pre:
             x = stage(x)
         return self._coordinate_rule(x[:, :h], x[:, h])
+
+    def breakpoints(self) -> np.ndarray | None:
+        """The sorted lambdas where ``F(X(lambda))`` may jump, or ``None`` if unknown.
+
+        Mean, GM, CM and TM are continuous in their inputs, and so is NNM for a fixed
+        neighbour configuration: the aggregate can only jump where a neighbour set of NNM
+        changes. Honest row ``i`` sees the copies at ``q_i = ||r_i - lambda rbar||^2`` and honest
+        ``j`` at ``D_ij``; a copy sees honest ``j`` at ``q_j``. So every change is a root of some
+        ``q_i(lambda) = D_ij`` (a quadratic) or ``q_j(lambda) = q_l(lambda)`` (linear); the roots at
+        which the neighbour sets on either side differ are kept. ``[]`` without NNM, ``None``
+        with other pre-aggregators or rules (Krum's choice jumps as well).
+        """
+        pre = [type(stage) for stage in self.aggregation.pre]
+        if type(self.aggregation.rule) not in (Mean, GeometricMedian, CoordinateMedian, TrimmedMean):
+            return None
+        if not pre:
+            return np.empty(0)
+        if pre != [NearestNeighborMixing]:
+            return None
+        r = self.coords
+        rbar, sq = r.mean(0), (r * r).sum(1)
+        a, b = float(rbar @ rbar), (-2 * r @ rbar).numpy()
+        if a == 0:
+            return np.empty(0)
+        gaps = (sq[:, None] - torch.cdist(r, r) ** 2).numpy()  # q_i(lambda) = D_ij  <=>  a l^2 + b_i l + gaps_ij = 0
+        disc = b[:, None] ** 2 - 4 * a * gaps
+        root = np.sqrt(np.clip(disc, 0, None))
+        quadratic = np.concatenate([((-b[:, None] - root) / (2 * a))[disc >= 0], ((-b[:, None] + root) / (2 * a))[disc >= 0]])
+        slopes = b[:, None] - b[None, :]  # q_j = q_l  <=>  (b_j - b_l) l = sq_l - sq_j
+        offsets = (sq[None, :] - sq[:, None]).numpy()
+        nonzero = slopes != 0
+        candidates = np.unique(np.concatenate([quadratic, offsets[nonzero] / slopes[nonzero]]))
+        candidates = candidates[np.isfinite(candidates)]
+        if not len(candidates):
+            return candidates
+        step = 1e-9 * np.maximum(1.0, np.abs(candidates))
+        sides = torch.as_tensor(np.concatenate([candidates - step, candidates + step]))
+        copies = (sides[:, None] * rbar).unsqueeze(1).expand(-1, self.f, -1)
+        stacks = torch.cat([r.expand(len(sides), -1, -1), copies], dim=1)
+        m = stacks.shape[1] - self.aggregation.pre[0].f
+        config = nearest_neighbours(stacks, m).sort(dim=-1).values
+        left, right = config[: len(candidates)], config[len(candidates) :]
+        return candidates[(left != right).flatten(1).any(1).numpy()]
 
     def _lift(self, coords: Tensor) -> Tensor:
         """Coordinates ``(..., p)`` to vectors ``(..., d)`` of the honest dtype."""
