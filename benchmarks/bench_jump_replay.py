@@ -20,8 +20,10 @@
    each seed, test accuracy every ``--curve-every`` rounds, and the seed-to-seed
    spread to compare the gap with.
 
-Variants: ``today`` (the solver before issue 8: global search, every candidate on a
-1024-example oracle), each lever on its own, and ``default`` (the settings' defaults).
+Variants: ``today`` (the search before issue 8: global search, every candidate on a
+1024-example oracle), then the levers added one at a time (``+...``), ``sample-64``
+(every candidate and the answer on 64 examples: the sample's effect on damage) and
+``default`` (the settings' defaults, with the task's ``jump_sample``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flwr_byz.attacks import get_attack
+from torch.func import functional_call
+
+from flwr_byz.attacks import get_attack, span
+from flwr_byz.attacks.span import span_aggregation
 from flwr_byz.clients.nodes import honest_partitions
 from flwr_byz.config import RunSettings
 from flwr_byz.experiments.replay import RecordedRound, attack_context, simulate
@@ -65,15 +70,17 @@ def sampled(size: int, screen: int = 0, precision: str = "float32") -> dict[str,
     return {"jump_loss_size": size, "jump_screen_size": screen, "jump_screen_precision": precision}
 
 
+TODAY = {"rounds": 2, "splits": 3, "piece_ends": 0}  # the global search before issue 8
 VARIANTS: dict[str, Variant] = {
-    "reference": Variant({"inlier_points": 25, "peaks": 2, "rounds": 3, "per_decade": 3}, sampled(REFERENCE_SAMPLE)),
-    "today": Variant({"piece_ends": 0}, sampled(1024)),
-    "screen-64": Variant({"piece_ends": 0}, sampled(1024, 64)),
-    "r3s3": Variant({"rounds": 3, "piece_ends": 0}, sampled(1024, 64)),
-    "r4s2-ends": Variant({"rounds": 4, "splits": 2}, sampled(1024, 64)),
-    "r4s2-ends-f2-512": Variant({"rounds": 4, "splits": 2, "finalists": 2}, sampled(512, 64)),
-    "r4s2-f2-512": Variant({"rounds": 4, "splits": 2, "piece_ends": 0, "finalists": 2}, sampled(512, 64)),
-    "r4s2-sample-256": Variant({"rounds": 4, "splits": 2}, sampled(256)),
+    "reference": Variant({"inlier_points": 25, "peaks": 2, "rounds": 3, "splits": 3, "per_decade": 3},
+                         sampled(REFERENCE_SAMPLE)),
+    "today": Variant(TODAY, sampled(1024)),
+    "+screen-64": Variant(TODAY, sampled(1024, 64)),
+    "+finalists-2@512": Variant({**TODAY, "finalists": 2}, sampled(512, 64)),
+    "+search-r4s2": Variant({**TODAY, "rounds": 4, "splits": 2, "finalists": 2}, sampled(512, 64)),
+    "+piece-ends": Variant({"rounds": 4, "splits": 2, "finalists": 2}, sampled(512, 64)),
+    "+bf16-screen": Variant({"rounds": 4, "splits": 2, "finalists": 2}, sampled(512, 64, "bfloat16")),
+    "sample-64": Variant({"rounds": 4, "splits": 2}, sampled(64)),
     "default": Variant(),
 }
 
@@ -125,6 +132,45 @@ def recorded(args: argparse.Namespace, settings: RunSettings, keep: set[int]) ->
     return states
 
 
+def exact_levers(settings: RunSettings, state: RecordedRound, threads: int) -> None:
+    """The exact levers on one recorded state, each against what it replaced (same results to rounding)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    task, x, y, parts = honest_partitions(settings, HONEST)
+    idx = torch.cat([torch.as_tensor(p[:85]) for p in parts])
+    model, flat = task.build_model(), state.params[None]
+
+    def vmap_loss() -> Tensor:  # the loss before: all candidates in one vmap, NCHW, 1024 examples a batch
+        entries = FlatLayout.of(model.state_dict()).unflatten(flat)
+        one = lambda entry, xb, yb: task.criterion(functional_call(model, entry, (xb,)), yb)  # noqa: E731
+        return torch.func.vmap(one, in_dims=(0, None, None))(entries, x[idx], y[idx])
+
+    fast_span = span_aggregation(settings.aggregator(), state.honest, settings.num_byzantine)
+    lams = torch.linspace(-6.0, 8.0, 20, dtype=torch.float64)
+
+    def whole_rows() -> Tensor:  # CM/TM before: h lifted rows of d coordinates at once
+        block, span.BLOCK = span.BLOCK, state.honest.shape[1]
+        try:
+            return fast_span(lams)
+        finally:
+            span.BLOCK = block
+
+    rows = [("honest loss, 1 candidate x 1020 examples", vmap_loss, lambda: task.batched_loss(model, flat, x[idx], y[idx]))]
+    if fast_span is not None and type(settings.aggregator().rule).__name__ in ("CoordinateMedian", "TrimmedMean"):
+        rows.append((f"{settings.aggregation} aggregates of 20 lambdas", whole_rows, lambda: fast_span(lams)))
+    print(f"\nexact levers ({threads} thread(s)): before -> after")
+    for label, old, new in rows:
+        times = [min(timed(fn) for _ in range(3)) for fn in (old, new)]
+        print(f"  {label:<44}{times[0] * 1e3:>8.0f} ms -> {times[1] * 1e3:>6.0f} ms  ({times[0] / times[1]:.1f}x)")
+    torch.set_num_threads(before)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def replay(args: argparse.Namespace, settings: RunSettings) -> None:
     names, threads = args.variants.split(","), torch.get_num_threads()
     keep = set(range(args.every, args.rounds + 1, args.every))
@@ -133,7 +179,7 @@ def replay(args: argparse.Namespace, settings: RunSettings) -> None:
     rule, f = settings.aggregator(), settings.num_byzantine
     losses: dict[str, list[float]] = {name: [] for name in ["sf", *names]}
     seconds: dict[str, list[float]] = {name: [] for name in names}
-    scored: dict[str, list[float]] = {name: [] for name in names}
+    scored: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for state in states:
         heldout = heldout_loss(settings, state, args.heldout)
         gbar = state.honest.mean(0)
@@ -153,7 +199,7 @@ def replay(args: argparse.Namespace, settings: RunSettings) -> None:
             attack(state.honest, ctx)
             seconds[name].append(time.perf_counter() - start)
             torch.set_num_threads(threads)
-            scored[name].append(attack.metrics["jump-losses"])
+            scored[name].append((attack.metrics["jump-evals"], attack.metrics["jump-losses"]))
             losses[name].append(after(attack.metrics["jump-lambda"]))
             cells.append(f"{name} {attack.metrics['jump-lambda']:+.3f} {losses[name][-1]:.4f}")
         print(f"round {state.round:>3}  sf {losses['sf'][-1]:.4f}  " + "  ".join(cells), flush=True)
@@ -163,13 +209,16 @@ def replay(args: argparse.Namespace, settings: RunSettings) -> None:
     print(f"\n{settings.task}, {settings.aggregation}, h = {HONEST}, f = {f}, {len(states)} rounds, "
           f"held-out {args.heldout} examples, attacks timed at {args.threads} torch thread(s); "
           f"one SF round (12 honest steps + aggregation) {sf_step:.2f} s")
-    print(f"{'variant':<16}{'s/attack':>9}{'x SF rnd':>9}{'losses':>8}{'held-out L':>12}{'+ over SF':>11}{'% of ref':>9}")
+    print(f"{'variant':<18}{'s/attack':>9}{'x SF rnd':>9}{'lambdas':>8}{'losses':>8}{'held-out L':>12}"
+          f"{'+ over SF':>11}{'% of ref':>9}")
     for name in names:
         gain = np.array(losses[name]) - base
         share = f"{100 * gain.sum() / ref.sum():.1f}" if ref is not None and ref.sum() > 0 else "-"
         secs = statistics.mean(seconds[name])
-        print(f"{name:<16}{secs:>9.2f}{(sf_step + secs) / sf_step:>9.2f}{statistics.mean(scored[name]):>8.1f}"
+        evals, distinct = np.mean(scored[name], axis=0)
+        print(f"{name:<18}{secs:>9.2f}{(sf_step + secs) / sf_step:>9.2f}{evals:>8.1f}{distinct:>8.1f}"
               f"{np.mean(losses[name]):>12.4f}{gain.mean():>+11.4f}{share:>9}")
+    exact_levers(settings, states[len(states) // 2], args.threads)
 
 
 def curves(args: argparse.Namespace, settings: RunSettings) -> None:

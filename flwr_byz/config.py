@@ -60,8 +60,10 @@ class RunSettings:
     ``aggregation-params`` / ``attack-params``: ``"key=value, ..."`` for the rule's stages / the attack.
     ``alpha <= 0`` means IID data; ``clip = 0`` no clipping; ``lr-milestone = 0`` a constant
     step, otherwise ``lr * lr-gamma`` from round ``lr-milestone + 1`` on; ``eval-size = 0``
-    the whole test set; empty ``results-dir`` / ``data-dir`` the defaults. Fields left
-    ``None`` (run config ``"auto"``) are resolved at construction.
+    the whole test set; empty ``results-dir`` / ``data-dir`` the defaults. JUMP scores its
+    candidates on ``jump-screen-size`` honest examples (0: no screening) in
+    ``jump-screen-precision`` and its best few on ``jump-loss-size`` (``auto``: the task's
+    ``jump_sample``). Fields left ``None`` (run config ``"auto"``) are resolved at construction.
     """
 
     task: str = "mnist"
@@ -72,8 +74,8 @@ class RunSettings:
     attack: str = "none"
     attack_params: str = ""
     jump_solver: str = "global"
-    jump_loss_size: int = 1024
-    jump_screen_size: int = 0
+    jump_loss_size: int | None = None
+    jump_screen_size: int | None = None
     jump_screen_precision: str = "float32"
     alpha: float = 0.1
     seed: int = 1
@@ -97,6 +99,10 @@ class RunSettings:
         for name, value in get_task(self.task).defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        if self.jump_loss_size is None:
+            object.__setattr__(self, "jump_loss_size", get_task(self.task).jump_sample[0])
+        if self.jump_screen_size is None:
+            object.__setattr__(self, "jump_screen_size", min(get_task(self.task).jump_sample[1], self.jump_loss_size))
         if self.aggregation_f is None:
             object.__setattr__(self, "aggregation_f", self.num_byzantine)
         if self.num_byzantine < 0:

@@ -3,9 +3,11 @@
 import tomllib
 
 import pytest
+import torch
 
 from conftest import ROOT
 from flwr_byz.config import RunSettings, parse_params
+from flwr_byz.tasks import LossSampling, get_task
 
 APP = ROOT / "simulations/paper"
 APP_CONFIG = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
@@ -27,6 +29,14 @@ def test_app_defaults_are_the_settings_defaults():
 def test_the_app_trains_each_task_with_its_paper_values(task, expected):
     settings = RunSettings.from_run_config({**APP_CONFIG, "task": task})  # what `--run-config task=...` gives
     assert {k: getattr(settings, k) for k in expected} == expected
+
+
+def test_jump_samples_follow_the_task_unless_set():
+    for task in ("mnist", "cifar10", "mnist-logreg"):
+        settings = RunSettings.from_run_config({**APP_CONFIG, "task": task})
+        assert (settings.jump_loss_size, settings.jump_screen_size) == get_task(task).jump_sample
+    mine = RunSettings.from_run_config({**APP_CONFIG, "jump-loss-size": 100, "jump-screen-precision": "bfloat16"})
+    assert mine.loss_sampling() == LossSampling(100, min(get_task("mnist").jump_sample[1], 100), torch.bfloat16)
 
 
 def test_cifar_schedule_and_overrides_win():
@@ -78,6 +88,8 @@ def test_stage_and_attack_parameters():
     ("aggregation-params", "nu", "expected comma-separated key=value pairs"),
     ("rounds", 2.5, "needs an int or 'auto', got 2.5"), ("lr", "fast", "needs a float or 'auto'"),
     ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
+    ("jump-screen-size", 4096, r"need size >= 1 and 0 <= screen <= size, got size=\d+, screen=4096"),
+    ("jump-screen-precision", "fp8", "unknown jump-screen-precision 'fp8'; valid: float32, bfloat16"),
 ])
 def test_impossible_settings_fail_at_once(key, value, message):
     with pytest.raises(ValueError, match=message):
@@ -88,8 +100,9 @@ def test_impossible_settings_fail_at_once(key, value, message):
     ("foe", "eps=inf", "eps must be finite"), ("gaussian", "sigma=-1", "sigma must be finite and >= 0"),
     ("mimic", "warmup=0", "warmup must be >= 1"), ("minmax", "tol=0", "need tol > 0"),
     ("alie", "zz=1", r"unknown parameters \['zz'\]; valid: \['z'\]"),
-    ("jump", "inlier_points=-1", "inlier_points, rounds >= 0"),
-    ("jump", "max_batch_elems=0", "max_batch_elems must be >= 1"),
+    ("jump", "inlier_points=-1", "inlier_points, rounds, piece_ends >= 0"),
+    ("jump", "max_batch_elems=0", "need max_batch_elems, finalists >= 1"),
+    ("jump", "finalists=0", "need max_batch_elems, finalists >= 1"),
 ])
 def test_attack_parameters_out_of_range_fail_at_once(attack, params, message):
     with pytest.raises(ValueError, match=message):

@@ -153,7 +153,7 @@ class Jump(Attack):
 
     name = "jump"
 
-    def __init__(self, solver: str = "global", max_batch_elems: int = 2**26, finalists: int = 3,
+    def __init__(self, solver: str = "global", max_batch_elems: int = 2**26, finalists: int = 2,
                  **solver_params: object) -> None:
         super().__init__()
         if solver not in SOLVERS:

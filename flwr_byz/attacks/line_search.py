@@ -87,8 +87,8 @@ class GlobalSearch:
     inlier_points: int = 10
     inlier_width: float = 2.0
     peaks: int = 1
-    rounds: int = 2
-    splits: int = 3
+    rounds: int = 4
+    splits: int = 2
     piece_ends: int = 4
     xtol: float = 1e-8
 

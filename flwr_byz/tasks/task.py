@@ -30,6 +30,8 @@ class Task:
     cross-entropy classifiers whose logits of many parameter vectors have a closed batched
     form (logistic regression), maps state entries with a leading ``k`` and images to
     ``(N, k, classes)`` logits, so :meth:`batched_loss` runs all models in one product.
+    ``jump_sample`` is JUMP's default ``(honest-loss sample, screening sample)`` in examples
+    per round (``flwr_byz.tasks.LossSampling``), sized to the model's forward cost.
     """
 
     name: str
@@ -40,6 +42,7 @@ class Task:
     criterion: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
     hflip: bool = False
     batched_logits: Callable[[dict[str, Tensor], Tensor], Tensor] | None = None
+    jump_sample: tuple[int, int] = (1024, 0)
 
     def build_model(self) -> nn.Module:
         """A fresh model, initialised from torch's global RNG (seed it for determinism)."""
@@ -143,15 +146,15 @@ _TASKS: dict[str, Task] = {
         Task("toy2d", "toy2d", models.Toy2d, num_classes=0, criterion=models.toy_loss,
              defaults=paper(lr=1.2, batch_size=1, clip=0.0, l2=0.0, rounds=100, momentum=0.0)),
         # Table 2, MNIST.
-        Task("mnist", "mnist", models.mnist_cnn, num_classes=10,
+        Task("mnist", "mnist", models.mnist_cnn, num_classes=10, jump_sample=(512, 64),
              defaults=paper(lr=0.1, batch_size=32, clip=2.0, l2=1e-4, rounds=800, momentum=0.9)),
         # Table 3: the efficiency-power study (no L2).
         Task("mnist-logreg", "mnist", models.mnist_logreg, num_classes=10, batched_logits=models.linear_logits,
              defaults=paper(lr=0.7, batch_size=32, clip=2.0, l2=0.0, rounds=640, momentum=0.9)),
-        Task("fashion-mnist", "fashion-mnist", models.mnist_cnn, num_classes=10,
+        Task("fashion-mnist", "fashion-mnist", models.mnist_cnn, num_classes=10, jump_sample=(512, 64),
              defaults=paper(lr=0.1, batch_size=32, clip=2.0, l2=1e-4, rounds=800, momentum=0.9)),
         # Table 2, CIFAR-10: gamma = 0.25 for t <= 1000, then 0.025.
-        Task("cifar10", "cifar10", models.cifar_cnn, num_classes=10, hflip=True,
+        Task("cifar10", "cifar10", models.cifar_cnn, num_classes=10, hflip=True, jump_sample=(256, 32),
              defaults=paper(lr=0.25, lr_milestone=1000, lr_gamma=0.1, batch_size=64, clip=5.0, l2=1e-2,
                             rounds=1500, momentum=0.9)),
     )
