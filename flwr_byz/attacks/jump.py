@@ -59,7 +59,7 @@ class JumpObjective:
         self.honest, self.gbar, self.f, self.lr, self.order = honest, honest.mean(0), ctx.f, ctx.lr, ctx.order
         self.span = span_aggregation(aggregator, honest, ctx.f)
         self.breakpoints = self.span.breakpoints() if self.span is not None else None
-        rows = honest.shape[0] + 1 if self.span is not None else ctx.n  # (k, rows, d) entries per call
+        rows = 2 if self.span is not None else ctx.n  # (k, rows, d) entries per call: aggregates and their update
         self.chunk = max(1, max_batch_elems // (rows * honest.shape[1]))
         radius, norm = float((honest - self.gbar).norm(dim=1).max()), float(self.gbar.norm())
         self.spread = radius / norm if norm > 0 else math.inf

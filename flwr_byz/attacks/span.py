@@ -54,7 +54,7 @@ from ..aggregation.sorting import sort_rows
 SPAN_PRE = (NearestNeighborMixing, StaticClipping)
 SPAN_RULES = (Mean, GeometricMedian, Krum, MultiKrum)
 COORDINATE_RULES = (CoordinateMedian, TrimmedMean)
-BLOCK = 2**14  # coordinates per block of the coordinate-wise rules: h lifted rows fit in a core's cache
+BLOCK = 2**14  # coordinates per block of the coordinate-wise rules: the h lifted rows stay in cache
 
 
 def span_aggregation(aggregator: object, honest: Tensor, f: int) -> Callable[[Tensor], Tensor] | None:
@@ -142,26 +142,32 @@ class SpanAggregation:
         Work goes block by block of ``BLOCK`` coordinates (lift, selection network, clamps), so
         the ``h`` lifted rows stay in cache: about 3x faster than whole ``(k, h, d)`` rows on CPU.
         """
-        h, n, f = ys.shape[1], ys.shape[1] + self.f, self.f
+        (k, h, p), n, f = ys.shape, ys.shape[1] + self.f, self.f
         blocks, which = torch.unique(ys.flatten(1), dim=0, return_inverse=True)
-        blocks = blocks.unflatten(1, (h, -1)).to(self.basis.dtype)
+        gather = len(blocks) < k  # some candidates share their honest rows: lift and sort those once
+        if not gather:
+            blocks = ys.flatten(1)  # in candidate order
+        rows = blocks.reshape(-1, p).to(self.basis.dtype)  # (k' h, p): one product lifts every block
         v = v.to(self.basis.dtype)
         if type(self.aggregation.rule) is CoordinateMedian:
             ranks = [(n + 1) // 2] if n % 2 else [n // 2, n // 2 + 1]
         else:
             ranks = list(range(self.aggregation.rule.f + 1, n - self.aggregation.rule.f + 1))
         wires = sorted({r - 1 for q in ranks for r in (q - f, q) if 1 <= r <= h})
-        out = v.new_empty(len(v), self.basis.shape[1])
+        out = v.new_empty(k, self.basis.shape[1])
         for lo in range(0, self.basis.shape[1], BLOCK):
             basis = self.basis[:, lo : lo + BLOCK]
-            s = sort_rows(list((blocks @ basis).unbind(1)), wires)
+            s = sort_rows(list((rows @ basis).view(len(blocks), h, -1).unbind(1)), wires)
             copies = v @ basis
 
             def order_stat(q: int) -> Tensor:
                 """The ``q``-th smallest of the ``n`` values: ``clamp(v, s_(q-f), s_q)``."""
-                low = s[q - f - 1][which] if q > f else None
-                high = s[q - 1][which] if q <= h else None
+                low = None if q <= f else s[q - f - 1][which] if gather else s[q - f - 1]
+                high = None if q > h else s[q - 1][which] if gather else s[q - 1]
                 return copies.clamp(low, high)
 
-            out[:, lo : lo + BLOCK] = sum(order_stat(q) for q in ranks) / len(ranks)
+            if len(ranks) == 1:
+                out[:, lo : lo + BLOCK] = order_stat(ranks[0])
+            else:
+                out[:, lo : lo + BLOCK] = sum(order_stat(q) for q in ranks) / len(ranks)
         return out
