@@ -35,7 +35,7 @@ class JumpObjective:
     ``(k, n, d)`` (honest rows, then ``f`` copies of ``lambda * gbar``, in ``ctx.order``), ``k``
     chunked so that one call materialises at most ``max_batch_elems`` entries.
     Each distinct aggregate is scored once per step: aggregates are keyed by a
-    128-bit BLAKE2b digest of their bytes, within and across calls (saturated rules
+    SHA-256 digest of their bytes, within and across calls (saturated rules
     give one aggregate for many lambdas; refinements revisit them). Scoring uses
     ``ctx.screening_loss`` when given (a cheaper estimate of ``L_H``: a sub-sample,
     reduced precision), else ``ctx.honest_loss``; :meth:`best` rescores the best
@@ -121,7 +121,7 @@ class JumpObjective:
     def _score(self, lams: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             aggregates = self._aggregate(torch.as_tensor(lams))
-        keys = [hashlib.blake2b(row.cpu().numpy().tobytes(), digest_size=16).digest() for row in aggregates]
+        keys = [hashlib.sha256(row.cpu().numpy().tobytes()).digest() for row in aggregates]
         new = {key: i for i, key in enumerate(keys) if key not in self.scored}
         if new:
             rows = aggregates[torch.tensor(list(new.values()), device=aggregates.device)]
