@@ -18,6 +18,8 @@
   server's robust aggregation, timed over a few rounds.
 * overhead = wall - compute, reported as a ratio of compute. Both runs use the same machine, so
   the ratio is meaningful even when absolute times are noisy.
+* attack node: the Byzantine leader's own wall time for the attack per round (its ``attack-seconds``
+  metric: oracle, search, losses), the part of a round an attack's cost can change.
 * peak memory: the largest total PSS (resident memory, shared pages split) of the run's processes (those whose
   environment carries this run's ``FLWR_HOME``: SuperLink, ServerApp, Ray workers), sampled
   every 0.2 s.
@@ -125,15 +127,19 @@ def compute_per_round(settings: RunSettings, nodes: int, rounds: int = 3) -> flo
     return steps / min(os.cpu_count() or 1, h) + (time.perf_counter() - start) / rounds
 
 
-def wall_per_round(launcher: FlowerLauncher, config: dict, nodes: int, tmp: str) -> tuple[float, int]:
-    """Seconds per round (rounds 2..R, from the results file) and peak PSS of one `flwr run`."""
+def wall_per_round(launcher: FlowerLauncher, config: dict, nodes: int, tmp: str) -> tuple[float, int, float]:
+    """Seconds per round (rounds 2..R, from the results file), peak PSS of one `flwr run` and the
+    Byzantine leader's mean ``attack-seconds`` (its own wall time for the attack) over those rounds."""
     settings = RunSettings.from_run_config({**config, "results-dir": tmp})
     with PeakMemory(launcher.home) as memory:
         outcome = launcher.run(APP, settings.to_run_config(), num_supernodes=nodes)
     if not outcome.ok:
         raise SystemExit(f"run failed ({outcome.status}):\n{outcome.output[-2000:]}")
-    elapsed = {row["round"]: row["elapsed"] for row in read_run(results_path(settings))[1]}
-    return (elapsed[settings.rounds] - elapsed[1]) / (settings.rounds - 1), memory.peak
+    rows = read_run(results_path(settings))[1]
+    elapsed = {row["round"]: row["elapsed"] for row in rows}
+    attack = [row["attack-seconds"] for row in rows if row["round"] > 1 and "attack-seconds" in row]
+    wall = (elapsed[settings.rounds] - elapsed[1]) / (settings.rounds - 1)
+    return wall, memory.peak, sum(attack) / len(attack) if attack else 0.0
 
 
 def main() -> None:
@@ -161,10 +167,10 @@ def main() -> None:
         compute = compute_per_round(settings, args.honest + fs[0])
     print(f"{args.task}{' (generated data)' if args.generated_data else ''}, {args.aggregation}, {args.honest} "
           f"honest nodes, CPU, torch threads {torch.get_num_threads()}, {args.rounds} rounds per run")
-    print(f"{'f':>3}  {'attack':<10}{'wall/round':>12}{'x ' + attacks[0]:>10}{'peak PSS':>12}")
-    for (f, attack), (wall, peak) in runs.items():
+    print(f"{'f':>3}  {'attack':<10}{'wall/round':>12}{'x ' + attacks[0]:>10}{'peak PSS':>12}{'attack node':>13}")
+    for (f, attack), (wall, peak, node) in runs.items():
         print(f"{f:>3}  {attack:<10}{wall * 1000:>9.0f} ms{wall / runs[f, attacks[0]][0]:>10.2f}"
-              f"{peak / 2**20:>8.0f} MiB")
+              f"{peak / 2**20:>8.0f} MiB{node * 1000:>10.0f} ms")
     wall = runs[fs[0], attacks[0]][0]
     print(f"\nf={fs[0]}, {attacks[0]}: compute {compute * 1000:.0f} ms per round (honest steps over {os.cpu_count()} "
           f"cores + aggregation, no Flower), framework overhead {(wall - compute) * 1000:.0f} ms = "

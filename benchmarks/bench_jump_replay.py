@@ -140,6 +140,8 @@ def exact_levers(settings: RunSettings, state: RecordedRound, threads: int) -> N
     idx = torch.cat([torch.as_tensor(p[:85]) for p in parts])
     model, flat = task.build_model(), state.params[None]
 
+    model.eval()
+
     def vmap_loss() -> Tensor:  # the loss before: all candidates in one vmap, NCHW, 1024 examples a batch
         entries = FlatLayout.of(model.state_dict()).unflatten(flat)
         one = lambda entry, xb, yb: task.criterion(functional_call(model, entry, (xb,)), yb)  # noqa: E731
@@ -148,10 +150,10 @@ def exact_levers(settings: RunSettings, state: RecordedRound, threads: int) -> N
     fast_span = span_aggregation(settings.aggregator(), state.honest, settings.num_byzantine)
     lams = torch.linspace(-6.0, 8.0, 20, dtype=torch.float64)
 
-    def whole_rows() -> Tensor:  # CM/TM before: h lifted rows of d coordinates at once
+    def whole_rows() -> Tensor:  # CM/TM before: h lifted rows of d coordinates, one lambda a call
         block, span.BLOCK = span.BLOCK, state.honest.shape[1]
         try:
-            return fast_span(lams)
+            return torch.cat([fast_span(lam[None]) for lam in lams])
         finally:
             span.BLOCK = block
 
@@ -218,7 +220,6 @@ def replay(args: argparse.Namespace, settings: RunSettings) -> None:
         evals, distinct = np.mean(scored[name], axis=0)
         print(f"{name:<18}{secs:>9.2f}{(sf_step + secs) / sf_step:>9.2f}{evals:>8.1f}{distinct:>8.1f}"
               f"{np.mean(losses[name]):>12.4f}{gain.mean():>+11.4f}{share:>9}")
-    exact_levers(settings, states[len(states) // 2], args.threads)
 
 
 def curves(args: argparse.Namespace, settings: RunSettings) -> None:
@@ -252,21 +253,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="mnist")
     ap.add_argument("--aggregation", default="nnm+cm")
-    ap.add_argument("--rounds", type=int, default=48, help="rounds of the recorded run")
+    ap.add_argument("--rounds", type=int, default=48, help="rounds of the recorded run (0: no replay)")
     ap.add_argument("--every", type=int, default=2, help="keep every n-th round")
     ap.add_argument("--drive", default="default", help="the variant whose run is recorded")
     ap.add_argument("--states", default="", help="file of recorded rounds: loaded if it exists, else written")
     ap.add_argument("--heldout", type=int, default=8192)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--no-replay", action="store_true", help="skip the variants (exact levers, curves only)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the timed attacks (a Flower node's)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--levers", action=argparse.BooleanOptionalAction, default=True,
+                    help="time the exact levers against what they replaced")
     ap.add_argument("--curves", default="", help="comma-separated seeds: also compare accuracy curves")
     ap.add_argument("--curve-rounds", type=int, default=30)
     ap.add_argument("--curve-every", type=int, default=5)
     args = ap.parse_args()
     settings = RunSettings(task=args.task, aggregation=args.aggregation, attack="jump", seed=args.seed)
-    if args.rounds:
+    if not args.no_replay:
         replay(args, settings)
+    if args.levers:
+        states = recorded(args, settings, set(range(args.every, args.rounds + 1, args.every)))
+        exact_levers(settings, states[len(states) // 2], args.threads)
     if args.curves:
         curves(args, settings)
 

@@ -88,7 +88,7 @@ def test_adversary_hook_around_a_flower_builtin_feeds_byzantine_nodes_the_honest
             torch.testing.assert_close(replies[node], theta + gamma * honest.mean(0), rtol=0, atol=1e-6)
         assert len({shape for _, shape in seen["structure"]}) == 1, seen["structure"]
         assert seen["structure"][0][1][0] == "train"
-        assert set(probe["metrics"][server_round]) == {"train-loss"}
+        assert set(probe["metrics"][server_round]) == {"train-loss", "attack-seconds"}
     attacks = [records for kind, _, records in probe["sent"] if kind == "train.attack"]
     assert sorted(map(tuple, attacks)) == sorted([("attack-config", "echo", "model"),
                                                   ("attack-config", "honest", "model")] * 2)  # 2 rounds
@@ -103,6 +103,7 @@ def test_mnist_cnn_app_under_jump_records_accuracy_and_lambda(launcher, tmp_path
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(0 <= r["test-accuracy"] <= 1 for r in rows)
     assert all(r["robust-received"] == 5 and isinstance(r["jump-lambda"], float) for r in rows[1:])
+    assert all(r["attack-seconds"] > 0 and r["jump-losses"] >= 1 for r in rows[1:])  # the leader timed its search
 
 
 def test_two_runs_with_the_same_seed_are_identical(launcher, tmp_path):
@@ -112,7 +113,7 @@ def test_two_runs_with_the_same_seed_are_identical(launcher, tmp_path):
     for name in ("a", "b"):
         out = launcher.run(ROOT / "simulations/paper", {**config, "results-dir": str(tmp_path / name)}, 5)
         assert out.ok, out.output[-3000:]
-        rows.append([{k: v for k, v in row.items() if k != "elapsed"}
+        rows.append([{k: v for k, v in row.items() if k not in ("elapsed", "attack-seconds")}  # wall times
                      for row in run_file({**config, "results-dir": str(tmp_path / name)})[1]])
     assert rows[0] == rows[1]  # every loss and accuracy, bit for bit
     assert rows[0][-1]["test-accuracy"] != rows[0][0]["test-accuracy"]

@@ -204,6 +204,8 @@ def test_honest_loss_samples_split_evenly_and_screen_on_a_prefix() -> None:
     seen: list[list[int]] = []
     recording = dataclasses.replace(get_task("toy2d"), criterion=lambda out, b: seen.append(b.long().tolist()) or out.mean())
     theta = torch.zeros(1, 2)
+    assert honest_losses(recording, x, y, parts, LossSampling(9, 9), seed=1, round_=5)[1] is None  # nothing cheaper
+    assert honest_losses(recording, x, y, parts, LossSampling(9, 8), seed=1, round_=5)[1] is not None  # 2 < 3 each
     for round_, sampling in [(5, LossSampling(size=9, screen=3)), (5, LossSampling(9, 3)), (6, LossSampling(9))]:
         full, screen = honest_losses(recording, x, y, parts, sampling, seed=1, round_=round_)
         full(theta)

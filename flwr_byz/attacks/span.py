@@ -107,7 +107,7 @@ class SpanAggregation:
             return np.empty(0)
         if pre != [NearestNeighborMixing]:
             return None
-        r = self.coords
+        r = self.coords.cpu()
         rbar, sq = r.mean(0), (r * r).sum(1)
         a, b = float(rbar @ rbar), (-2 * r @ rbar).numpy()
         if a == 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from flwr.app import Context
 from torch import Tensor
@@ -47,9 +49,11 @@ def restored(context: Context, settings: RunSettings) -> Attack:
 
 def train_byzantine(request: AttackRequest, context: Context) -> AttackReply:
     """The model ``theta - gamma_t * a`` this node sends, ``a`` the configured attack's vector
-    (or, for an ``echo`` request, the model another Byzantine node computed this round)."""
+    (or, for an ``echo`` request, the model another Byzantine node computed this round).
+    Metrics: the attack's, and ``attack-seconds``: this node's wall time for the round's attack."""
     if request.echo is not None:
         return AttackReply(request.echo)
+    start = time.perf_counter()
     if request.honest is None:
         raise ValueError("attack request without honest pseudo-gradients or a model to echo")
     settings = RunSettings.from_run_config(context.run_config)
@@ -75,4 +79,5 @@ def train_byzantine(request: AttackRequest, context: Context) -> AttackReply:
     )
     vector = attack(honest, ctx)
     save_state(context.state, STATE_KEY, attack.state_dict())
-    return AttackReply(to_record(state | layout.unflatten(theta - request.gamma * vector)), attack.metrics)
+    model = to_record(state | layout.unflatten(theta - request.gamma * vector))
+    return AttackReply(model, {**attack.metrics, "attack-seconds": time.perf_counter() - start})

@@ -38,7 +38,8 @@ def honest_losses(
     ``L_H`` is the mean loss over ``size // h`` examples of each of the ``h`` honest partitions
     (a seeded permutation of each, drawn from ``(seed, round, "jump-loss")``: equal weight per
     worker, the adversary knows the data); the screening estimate uses the first
-    ``screen // h`` of each worker's draw (at least one when ``screen > 0``).
+    ``screen // h`` of each worker's draw (at least one when ``screen > 0``; none when that is
+    not fewer examples than ``L_H``'s).
     """
     h = len(parts)
     gen = seeded_generator(seed, round_, "jump-loss")
@@ -50,6 +51,6 @@ def honest_losses(
         xs, ys = x[idx].to(device), y[idx].to(device)
         return lambda flat: task.batched_loss(model, flat, xs, ys, autocast=autocast)
 
-    full = loss_on(max(1, sampling.size // h))
-    screen = loss_on(max(1, sampling.screen // h), sampling.screen_dtype) if sampling.screen else None
-    return full, screen
+    size, screen = max(1, sampling.size // h), max(1, sampling.screen // h)
+    screening = loss_on(screen, sampling.screen_dtype) if sampling.screen and screen < size else None
+    return loss_on(size), screening
