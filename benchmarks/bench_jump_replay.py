@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-
 from torch.func import functional_call
 
 from flwr_byz.attacks import get_attack, span
@@ -47,9 +46,8 @@ from flwr_byz.attacks.span import span_aggregation
 from flwr_byz.clients.nodes import honest_partitions
 from flwr_byz.config import RunSettings
 from flwr_byz.experiments.replay import RecordedRound, attack_context, simulate
-from flwr_byz.seeds import seeded_generator
 from flwr_byz.flat import FlatLayout
-from flwr_byz.tasks import get_task
+from flwr_byz.tasks import get_task, loss_draws
 
 HONEST = 12
 REFERENCE_SAMPLE = 2048
@@ -89,9 +87,8 @@ def heldout_loss(settings: RunSettings, state: RecordedRound, size: int) -> Call
     """``L_H`` of one flat model on ``size // h`` examples per honest worker, taken after the first
     ``REFERENCE_SAMPLE // h`` of the oracle's per-worker draw (disjoint from every oracle sample)."""
     task, x, y, parts = honest_partitions(settings, HONEST)
-    gen = seeded_generator(settings.seed, state.round, "jump-loss")
     skip, per_worker = REFERENCE_SAMPLE // HONEST, size // HONEST
-    draws = [torch.as_tensor(p)[torch.randperm(len(p), generator=gen)] for p in parts]
+    draws = loss_draws(parts, settings.seed, state.round)
     picks = [d[skip : skip + per_worker] if len(d) > skip else d[:per_worker] for d in draws]
     model = task.build_model()
 

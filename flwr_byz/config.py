@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from .aggregation import Aggregation, get_aggregator
 from .attacks import ATTACKS, Attack, get_attack
 from .attacks.line_search import SOLVERS
-import torch
-
 from .tasks import TASKS, LossSampling, WorkerConfig, get_task, lr_at
 
 AUTO = "auto"
@@ -96,13 +96,14 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
-        for name, value in get_task(self.task).defaults.items():
+        task = get_task(self.task)
+        for name, value in task.defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         if self.jump_loss_size is None:
-            object.__setattr__(self, "jump_loss_size", get_task(self.task).jump_sample[0])
+            object.__setattr__(self, "jump_loss_size", task.jump_sample[0])
         if self.jump_screen_size is None:
-            object.__setattr__(self, "jump_screen_size", min(get_task(self.task).jump_sample[1], self.jump_loss_size))
+            object.__setattr__(self, "jump_screen_size", min(task.jump_sample[1], self.jump_loss_size))
         if self.aggregation_f is None:
             object.__setattr__(self, "aggregation_f", self.num_byzantine)
         if self.num_byzantine < 0:

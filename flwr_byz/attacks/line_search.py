@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
+from .span import sides
+
 BatchedFn = Callable[[np.ndarray], np.ndarray]
 
 _BIG = 1e300  # finite stand-in for infinite values inside scipy's solvers
-PIECE_STEP = 1e-9  # relative offset of a piece's end from the jump that bounds it
 
 
 def _negated(phi: BatchedFn) -> Callable[[float], float]:
@@ -97,7 +98,8 @@ class GlobalSearch:
             raise ValueError(
                 f"need 0 < lam_min < lam_max <= lam_cap < inf, got {self.lam_min}, {self.lam_max}, {self.lam_cap}"
             )
-        if min(self.per_decade, self.peaks, self.splits) < 1 or min(self.inlier_points, self.rounds, self.piece_ends) < 0:
+        counts = (self.inlier_points, self.rounds, self.piece_ends)
+        if min(self.per_decade, self.peaks, self.splits) < 1 or min(counts) < 0:
             raise ValueError("need per_decade, peaks, splits >= 1 and inlier_points, rounds, piece_ends >= 0")
         if not (self.xtol > 0 and self.inlier_width > 0):
             raise ValueError("need inlier_width > 0 and xtol > 0")
@@ -139,8 +141,7 @@ class GlobalSearch:
         for i in _local_maxima(xs, ys)[: self.peaks]:
             lo, hi = xs[max(i - 1, 0)], xs[min(i + 1, len(xs) - 1)]
             inside = breaks[(breaks > lo) & (breaks < hi)] if breaks is not None else np.empty(0)
-            step = PIECE_STEP * np.maximum(1.0, np.abs(inside))
-            ends = np.setdiff1d(np.concatenate([inside - step, inside + step]), xs)
+            ends = np.setdiff1d(np.concatenate(sides(inside)), xs)
             if 0 < len(inside) <= self.piece_ends and len(ends):
                 out += list(ends)
                 continue

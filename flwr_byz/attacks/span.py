@@ -55,6 +55,13 @@ SPAN_PRE = (NearestNeighborMixing, StaticClipping)
 SPAN_RULES = (Mean, GeometricMedian, Krum, MultiKrum)
 COORDINATE_RULES = (CoordinateMedian, TrimmedMean)
 BLOCK = 2**14  # coordinates per block of the coordinate-wise rules: the h lifted rows stay in cache
+SIDE = 1e-9  # relative offset of the lambdas just left and right of a breakpoint
+
+
+def sides(breaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lambdas just left and just right of each breakpoint (``SIDE * max(1, |b|)`` away)."""
+    step = SIDE * np.maximum(1.0, np.abs(breaks))
+    return breaks - step, breaks + step
 
 
 def span_aggregation(aggregator: object, honest: Tensor, f: int) -> Callable[[Tensor], Tensor] | None:
@@ -115,7 +122,8 @@ class SpanAggregation:
         gaps = (sq[:, None] - torch.cdist(r, r) ** 2).numpy()  # q_i(lambda) = D_ij  <=>  a l^2 + b_i l + gaps_ij = 0
         disc = b[:, None] ** 2 - 4 * a * gaps
         root = np.sqrt(np.clip(disc, 0, None))
-        quadratic = np.concatenate([((-b[:, None] - root) / (2 * a))[disc >= 0], ((-b[:, None] + root) / (2 * a))[disc >= 0]])
+        real = disc >= 0
+        quadratic = np.concatenate([((-b[:, None] - root) / (2 * a))[real], ((-b[:, None] + root) / (2 * a))[real]])
         slopes = b[:, None] - b[None, :]  # q_j = q_l  <=>  (b_j - b_l) l = sq_l - sq_j
         offsets = (sq[None, :] - sq[:, None]).numpy()
         nonzero = slopes != 0
@@ -123,10 +131,9 @@ class SpanAggregation:
         candidates = candidates[np.isfinite(candidates)]
         if not len(candidates):
             return candidates
-        step = 1e-9 * np.maximum(1.0, np.abs(candidates))
-        sides = torch.as_tensor(np.concatenate([candidates - step, candidates + step]))
-        copies = (sides[:, None] * rbar).unsqueeze(1).expand(-1, self.f, -1)
-        stacks = torch.cat([r.expand(len(sides), -1, -1), copies], dim=1)
+        lams = torch.as_tensor(np.concatenate(sides(candidates)))
+        copies = (lams[:, None] * rbar).unsqueeze(1).expand(-1, self.f, -1)
+        stacks = torch.cat([r.expand(len(lams), -1, -1), copies], dim=1)
         m = stacks.shape[1] - self.aggregation.pre[0].f
         config = nearest_neighbours(stacks, m).sort(dim=-1).values
         left, right = config[: len(candidates)], config[len(candidates) :]
@@ -140,7 +147,7 @@ class SpanAggregation:
         """CM or TM of ``h`` rows (coordinates ``ys (k, h, p)``) and ``f`` copies of ``v`` (coordinates ``(k, p)``).
 
         Work goes block by block of ``BLOCK`` coordinates (lift, selection network, clamps), so
-        the ``h`` lifted rows stay in cache: about 3x faster than whole ``(k, h, d)`` rows on CPU.
+        the ``h`` lifted rows stay in cache: about 2.4x faster than whole ``(k, h, d)`` rows on CPU.
         """
         (k, h, p), n, f = ys.shape, ys.shape[1] + self.f, self.f
         blocks, which = torch.unique(ys.flatten(1), dim=0, return_inverse=True)

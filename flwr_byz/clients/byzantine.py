@@ -23,10 +23,12 @@ from .records import load_state, save_state
 STATE_KEY = "attack-state"
 
 
-def honest_loss_oracle(settings: RunSettings, role: Role, round_: int) -> tuple[HonestLoss, HonestLoss | None]:
-    """JUMP's ``(L_H, screening L_H)`` this round (``flwr_byz.tasks.honest_losses``, sampled as the settings say)."""
-    task, x, y, parts = honest_partitions(settings, role.h)
-    return honest_losses(task, x, y, parts, settings.loss_sampling(), settings.seed, round_, device())
+def honest_loss_oracle(settings: RunSettings, h: int, round_: int,
+                       on: torch.device | str = "cpu") -> tuple[HonestLoss, HonestLoss | None]:
+    """JUMP's ``(L_H, screening L_H)`` in round ``round_`` over the ``h`` honest partitions, on device ``on``
+    (``flwr_byz.tasks.honest_losses``, sampled as the settings say)."""
+    task, x, y, parts = honest_partitions(settings, h)
+    return honest_losses(task, x, y, parts, settings.loss_sampling(), settings.seed, round_, on)
 
 
 def flipped_gradient(request: AttackRequest, context: Context, settings: RunSettings, role: Role, theta: Tensor,
@@ -63,7 +65,8 @@ def train_byzantine(request: AttackRequest, context: Context) -> AttackReply:
     layout = FlatLayout.of(state)
     theta = layout.flatten(state, honest.dtype)
     attack = restored(context, settings)
-    losses = honest_loss_oracle(settings, role, request.server_round) if attack.name == "jump" else (None, None)
+    jump = attack.name == "jump"
+    losses = honest_loss_oracle(settings, role.h, request.server_round, device()) if jump else (None, None)
     ctx = AttackContext(
         n=request.num_nodes,
         f=request.num_attackers,

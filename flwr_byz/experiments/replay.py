@@ -21,18 +21,19 @@ import torch
 from torch import Tensor
 
 from ..attacks import Attack, AttackContext
+from ..clients.byzantine import honest_loss_oracle
 from ..clients.nodes import honest_partitions
 from ..config import RunSettings
 from ..flat import FlatLayout
 from ..seeds import seeded_generator
-from ..tasks import honest_losses, worker_step
+from ..tasks import worker_step
 
 
 @dataclass(frozen=True)
 class RecordedRound:
     """Round ``t`` as the adversary saw it: the model ``theta_t`` (flat), the ``(h, d)`` honest
     vectors (momenta) and the server step ``gamma_t * server_lr``; ``attack`` is the Byzantine
-    vector the run sent, with the attack's metrics."""
+    vector the run sent, with the attack's metrics (empty without an attack)."""
 
     round: int
     params: Tensor
@@ -45,8 +46,7 @@ class RecordedRound:
 def attack_context(settings: RunSettings, state: RecordedRound) -> AttackContext:
     """The context the run's Byzantine leader builds in round ``state.round``, on the CPU."""
     h = len(state.honest)
-    task, x, y, parts = honest_partitions(settings, h)
-    full, screen = honest_losses(task, x, y, parts, settings.loss_sampling(), settings.seed, state.round)
+    full, screen = honest_loss_oracle(settings, h, state.round)
     return AttackContext(
         n=h + settings.num_byzantine, f=settings.num_byzantine,
         aggregator=settings.aggregator().for_round(state.round), lr=state.lr, params=state.params,

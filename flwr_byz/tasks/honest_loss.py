@@ -29,6 +29,13 @@ class LossSampling:
             raise ValueError(f"need size >= 1 and 0 <= screen <= size, got size={self.size}, screen={self.screen}")
 
 
+def loss_draws(parts: Sequence[np.ndarray], seed: int, round_: int) -> list[Tensor]:
+    """Each honest partition's examples in the seeded order of round ``round_`` (``(seed, round, "jump-loss")``):
+    JUMP's samples are prefixes of these."""
+    gen = seeded_generator(seed, round_, "jump-loss")
+    return [torch.as_tensor(p)[torch.randperm(len(p), generator=gen)] for p in parts]
+
+
 def honest_losses(
     task: Task, x: Tensor, y: Tensor, parts: Sequence[np.ndarray], sampling: LossSampling, seed: int, round_: int,
     device: torch.device | str = "cpu",
@@ -36,14 +43,12 @@ def honest_losses(
     """``(L_H, screening L_H or None)`` on flat parameters ``(k, d) -> (k,)`` in round ``round_``.
 
     ``L_H`` is the mean loss over ``size // h`` examples of each of the ``h`` honest partitions
-    (a seeded permutation of each, drawn from ``(seed, round, "jump-loss")``: equal weight per
-    worker, the adversary knows the data); the screening estimate uses the first
+    (the first of each :func:`loss_draws`: equal weight per worker, the adversary knows the
+    data); the screening estimate uses the first
     ``screen // h`` of each worker's draw (at least one when ``screen > 0``; none when that is
     not fewer examples than ``L_H``'s).
     """
-    h = len(parts)
-    gen = seeded_generator(seed, round_, "jump-loss")
-    draws = [torch.as_tensor(p)[torch.randperm(len(p), generator=gen)] for p in parts]
+    h, draws = len(parts), loss_draws(parts, seed, round_)
     model = task.build_model().to(device)
 
     def loss_on(per_worker: int, autocast: torch.dtype | None = None) -> HonestLoss:
