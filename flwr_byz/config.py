@@ -26,6 +26,7 @@ from .attacks.line_search import SOLVERS
 from .tasks import TASKS, LossSampling, WorkerConfig, get_task, lr_at
 
 AUTO = "auto"
+PLANNED_ATTACKS = ("solve-p",)  # attacks that only the in-process engine can run (flwr_byz.engine.planning)
 SCREEN_PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 
 
@@ -63,7 +64,9 @@ class RunSettings:
     the whole test set; empty ``results-dir`` / ``data-dir`` the defaults. JUMP scores its
     candidates on ``jump-screen-size`` honest examples (0: no screening) in
     ``jump-screen-precision`` and its best few on ``jump-loss-size`` (``auto``: the task's
-    ``jump_sample``). Fields left ``None`` (run config ``"auto"``) are resolved at construction.
+    ``jump_sample``). ``jump-tau > 1`` plans JUMP's lambdas ``tau`` rounds ahead and attack ``solve-p``
+    optimises the Byzantine vectors over the whole run (paper, Algorithm 1 and problem (P)): both need the
+    in-process engine (``flwr_byz.engine``). Fields left ``None`` (run config ``"auto"``) are resolved at construction.
     """
 
     task: str = "mnist"
@@ -74,6 +77,7 @@ class RunSettings:
     attack: str = "none"
     attack_params: str = ""
     jump_solver: str = "global"
+    jump_tau: int = 1
     jump_loss_size: int | None = None
     jump_screen_size: int | None = None
     jump_screen_precision: str = "float32"
@@ -108,12 +112,14 @@ class RunSettings:
             object.__setattr__(self, "aggregation_f", self.num_byzantine)
         if self.num_byzantine < 0:
             raise ValueError(f"num-byzantine must be >= 0, got {self.num_byzantine}")
-        if self.attack != "none" and self.attack not in ATTACKS:
-            raise ValueError(f"unknown attack {self.attack!r}; valid: none, {', '.join(ATTACKS)}")
+        if self.attack != "none" and self.attack not in ATTACKS and self.attack not in PLANNED_ATTACKS:
+            raise ValueError(f"unknown attack {self.attack!r}; valid: none, {', '.join([*ATTACKS, *PLANNED_ATTACKS])}")
+        if self.jump_tau < 1:
+            raise ValueError(f"jump-tau must be at least 1, got {self.jump_tau}")
         if self.jump_solver not in SOLVERS:
             raise ValueError(f"unknown jump-solver {self.jump_solver!r}; valid: {', '.join(SOLVERS)}")
         self.aggregator()  # unknown names and parameters a stage rejects fail here
-        if self.attack != "none":
+        if self.attack != "none" and self.attack not in PLANNED_ATTACKS:
             self.make_attack()
         self.loss_sampling()
         for name in ("rounds", "batch_size", "eval_every", "jump_loss_size"):
@@ -169,6 +175,11 @@ class RunSettings:
                 raise ValueError("attack-params: set JUMP's solver with the jump-solver key")
             params["solver"] = self.jump_solver
         return get_attack(self.attack, **params)
+
+    @property
+    def planning(self) -> bool:
+        """Whether the attack plans ahead (``jump`` with ``jump-tau > 1``, ``solve-p``): engine only."""
+        return self.attack in PLANNED_ATTACKS or (self.attack == "jump" and self.jump_tau > 1)
 
     def loss_sampling(self) -> LossSampling:
         """JUMP's honest-loss samples: ``jump-loss-size`` examples, screening on ``jump-screen-size``

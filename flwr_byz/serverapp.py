@@ -14,6 +14,7 @@ from .config import RunSettings
 from .experiments.results import RunLog
 from .strategies import OmniscientAdversary, RobustStrategy
 from .tasks import Task, get_task
+from .tasks.nodes import evaluated, test_set
 
 app = ServerApp()
 
@@ -36,14 +37,11 @@ def central_evaluator(settings: RunSettings, task: Task, adversary: OmniscientAd
     written with the round's honest training metrics and the seconds ``elapsed`` since the
     strategy started to the results file."""
     start = time.time()
-    x, y = task.load("test", settings.data_dir or None)
-    if settings.eval_size:
-        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(settings.seed))[: settings.eval_size]
-        x, y = x[keep], y[keep]
+    x, y = test_set(settings)
     model = task.build_model()
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round % settings.eval_every and server_round not in (0, settings.rounds):
+        if not evaluated(settings, server_round):
             return None
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = task.evaluate(model, x, y)

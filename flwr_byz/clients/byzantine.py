@@ -10,25 +10,17 @@ from torch import Tensor
 
 from ..aggregation import get_aggregator
 from ..attacks import Attack, AttackContext
-from ..attacks.base import HonestLoss
 from ..config import RunSettings
 from ..flat import FlatLayout
 from ..protocol import AttackReply, AttackRequest
 from ..records import to_record
-from ..tasks import honest_losses, seeded_generator
+from ..tasks import seeded_generator
+from ..tasks.nodes import honest_loss_oracle
 from .honest import momentum_step
-from .nodes import Role, device, honest_partitions, local_data
+from .nodes import Role, device, local_data
 from .records import load_state, save_state
 
 STATE_KEY = "attack-state"
-
-
-def honest_loss_oracle(settings: RunSettings, h: int, round_: int,
-                       on: torch.device | str = "cpu") -> tuple[HonestLoss, HonestLoss | None]:
-    """JUMP's ``(L_H, screening L_H)`` in round ``round_`` over the ``h`` honest partitions, on device ``on``
-    (``flwr_byz.tasks.honest_losses``, sampled as the settings say)."""
-    task, x, y, parts = honest_partitions(settings, h)
-    return honest_losses(task, x, y, parts, settings.loss_sampling(), settings.seed, round_, on)
 
 
 def flipped_gradient(request: AttackRequest, context: Context, settings: RunSettings, role: Role, theta: Tensor,

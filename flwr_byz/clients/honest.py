@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from ..config import RunSettings
 from ..flat import FlatLayout
 from ..records import to_record
-from ..tasks import Task, worker_step
+from ..tasks import Task, stepped, worker_step
 from .nodes import Role, device, local_data
 from .records import instruction, load_state, save_state
 
@@ -31,14 +31,6 @@ def momentum_step(
     result = worker_step(task, model, x, y, momentum, settings.worker(), settings.seed, node, round_)
     save_state(context.state, state_key, {"m": result.momentum})
     return stepped(model, theta, result.momentum, gamma), result.loss, result.batch_size
-
-
-def stepped(model: nn.Module, theta: dict[str, Tensor], momentum: Tensor, gamma: float) -> dict[str, Tensor]:
-    """``theta - gamma * m`` on the trainable entries of ``model``; its other entries as they are now."""
-    layout = FlatLayout.of(theta)
-    moved = layout.unflatten(layout.flatten(theta) - gamma * momentum.to(device()))
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    return {k: moved[k] if k in trainable else v for k, v in model.state_dict().items()}
 
 
 def train_honest(msg: Message, context: Context) -> Message:

@@ -10,7 +10,8 @@ from flwr.app import Context
 from torch import Tensor
 
 from ..config import RunSettings
-from ..tasks import Task, get_task, partition
+from ..tasks import Task
+from ..tasks.nodes import honest_partitions
 
 
 @dataclass(frozen=True)
@@ -44,23 +45,6 @@ class Role:
 def device() -> torch.device:
     """CUDA when the simulation backend gave this worker a GPU, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@lru_cache(maxsize=4)
-def honest_partitions(settings: RunSettings, num_honest: int) -> tuple[Task, Tensor, Tensor, tuple]:
-    """Task, full training set and the index arrays of the ``num_honest`` honest partitions.
-
-    Cached per process: every node of a simulation shares one copy.
-    """
-    task = get_task(settings.task)
-    x, y = task.load("train", settings.data_dir or None)
-    if settings.task == "toy2d":
-        if num_honest != len(x):
-            raise ValueError(f"toy2d has exactly {len(x)} honest workers, got n - f = {num_honest}")
-        parts = tuple(torch.arange(len(x)).reshape(num_honest, -1).numpy())
-    else:
-        parts = tuple(partition(y.numpy(), num_honest, settings.alpha_or_iid, settings.seed))
-    return task, x, y, parts
 
 
 @lru_cache(maxsize=32)

@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import FedAvg
 from torch import Tensor
 
 from ..aggregation import Aggregation, get_aggregator
+from ..aggregation.update import robust_update, rule_after
 from ..flat import FlatLayout
 from ..records import to_record, to_tensors
 from .screening import screen_replies
@@ -87,9 +88,7 @@ class RobustStrategy(FedAvg):
 
     def aggregator_for(self, excluded: int, server_round: int = 0) -> Aggregation:
         """The defended rule of ``server_round`` after ``excluded`` replies were dropped as Byzantine."""
-        f = max(self.f - excluded, 0)
-        rule = self.aggregator if f == self.f else get_aggregator(self.aggregator.spec, f, **self.aggregation_params)
-        return rule.for_round(server_round)
+        return rule_after(self.aggregator, excluded, self.aggregation_params, server_round)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -100,8 +99,9 @@ class RobustStrategy(FedAvg):
         reference = to_tensors(self._arrays)
         states = [to_tensors(next(iter(r.content.array_records.values()))) for r in screened.valid]
         theta, grads, layout = pseudo_gradients(reference, states, self._gamma)
-        finite = grads.isfinite().all(dim=1)
-        ok = finite.tolist()
+        update = robust_update(theta, grads, self.server_lr * self._gamma,
+                               lambda excluded: self.aggregator_for(excluded, server_round), len(screened.excluded))
+        ok = update.finite.tolist()
         valid = [(reply, state) for reply, state, good in zip(screened.valid, states, ok) if good]
         excluded = screened.excluded + [
             (reply.metadata.src_node_id, f"pseudo-gradient (theta - theta_i) / {self._gamma:g} overflows {grads.dtype}")
@@ -110,16 +110,10 @@ class RobustStrategy(FedAvg):
         for node_id, reason in excluded:
             log(WARNING, "Round %d: excluded reply of node %d: %s", server_round, node_id, reason)
         summary = MetricRecord({"robust-excluded": len(excluded), "robust-received": len(valid)})
-        aggregator = self.aggregator_for(len(excluded), server_round)
-        if len(valid) < aggregator.min_n():
-            log(WARNING, "Round %d: keeping the old model: %d valid replies, %r with f=%d needs %d",
-                server_round, len(valid), aggregator.spec, aggregator.f, aggregator.min_n())
+        if update.theta is None:
+            log(WARNING, "Round %d: keeping the old model: %s", server_round, update.reason)
             return None, summary
-        new_theta = theta - self.server_lr * self._gamma * aggregator(grads[finite])
-        if not torch.isfinite(new_theta).all():
-            log(WARNING, "Round %d: keeping the old model: the aggregate is not finite", server_round)
-            return None, summary
-        new = reference | layout.unflatten(new_theta)
+        new = reference | layout.unflatten(update.theta)
         for key, value in reference.items():  # integer buffers (BatchNorm's num_batches_tracked): the median
             if not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
                 new[key] = torch.stack([state[key] for _, state in valid]).median(dim=0).values

@@ -7,7 +7,8 @@ from flwr_byz.tasks.datasets import DatasetNotFoundError
 from flwr_byz.tasks.honest_loss import LossSampling, honest_losses, loss_draws
 from flwr_byz.tasks.partition import partition
 from flwr_byz.tasks.task import TASKS, Task, get_task, prepare
-from flwr_byz.tasks.worker import WorkerConfig, WorkerStep, lr_at, sample_batch, seeded_generator, worker_step
+from flwr_byz.tasks.worker import (WorkerConfig, WorkerStep, lr_at, sample_batch, seeded_generator, stepped,
+                                   worker_step)
 
 __all__ = [
     "TASKS",
@@ -24,5 +25,6 @@ __all__ = [
     "prepare",
     "sample_batch",
     "seeded_generator",
+    "stepped",
     "worker_step",
 ]

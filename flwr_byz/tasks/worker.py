@@ -113,3 +113,12 @@ def worker_step(
             g = g * min(1.0, cfg.clip / max(g.norm().item(), 1e-12))
         m = (1 - cfg.momentum) * g if momentum is None else cfg.momentum * momentum.to(g) + (1 - cfg.momentum) * g
     return WorkerStep(m, loss.item(), len(idx))
+
+
+def stepped(model: nn.Module, theta: dict[str, Tensor], momentum: Tensor, gamma: float) -> dict[str, Tensor]:
+    """The state an honest node sends: ``theta - gamma * m`` on the trainable entries of ``model``, its
+    other entries (BatchNorm statistics after :func:`worker_step`'s forward pass) as they are now."""
+    layout = FlatLayout.of(theta)
+    moved = layout.unflatten(layout.flatten(theta) - gamma * momentum.to(next(iter(theta.values())).device))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {k: moved[k] if k in trainable else v for k, v in model.state_dict().items()}

@@ -1,0 +1,174 @@
+"""Robust D-SGD of one :class:`~flwr_byz.config.RunSettings` in this process, round by round.
+
+The maths of the Flower path (``simulations/paper``: the honest ClientApp, the Byzantine
+ClientApp, ``OmniscientAdversary`` around ``RobustStrategy``), without the messages:
+
+* honest node ``i`` runs :func:`~flwr_byz.tasks.worker_step` and sends ``theta - gamma_t m_i``;
+  the server reads ``g_i = (theta - theta_i) / gamma_t`` (:class:`HonestWorkers`);
+* the Byzantine leader (partition ``h``) computes the attack from the valid honest ``g_i``
+  with the context a Byzantine node builds (seeded generator, JUMP's honest-loss oracle,
+  the flipped-label gradient for LF); every Byzantine node sends its vector the same way;
+* the replies reach the rule in the adversary's seeded shuffle (``random.Random(seed)``,
+  one shuffle of ``h + f`` per round), and :func:`~flwr_byz.aggregation.update.robust_update`
+  moves the model; integer buffers take the replies' median.
+
+Planning adversaries (``jump-tau > 1``, ``solve-p``) need this process's view of the whole
+state: :mod:`flwr_byz.engine.planning`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..aggregation.update import RobustUpdate, robust_update, rule_after
+from ..attacks import Attack, AttackContext
+from ..config import RunSettings
+from ..flat import FlatLayout
+from ..seeds import seeded_generator
+from ..tasks import stepped, worker_step
+from ..tasks.nodes import honest_loss_oracle, honest_partitions
+from .honest import HonestReplies, HonestWorkers
+
+Planned = Callable[[Tensor], tuple[Tensor, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class Round:
+    """Round ``t`` as it happened: the flat model before it, the honest pseudo-gradients the server read,
+    the Byzantine vector (``None``: silent), the server step ``gamma_t * server_lr``, the update and
+    the round's metrics (honest ``train-loss``, ``robust-*``, the attack's, ``attack-seconds``)."""
+
+    round: int
+    params: Tensor
+    honest: Tensor
+    attack: Tensor | None
+    lr: float
+    update: RobustUpdate
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Simulation:
+    """``nodes`` nodes of ``settings`` (the last ``num-byzantine`` Byzantine) on ``device`` (default: CUDA if
+    available). :meth:`step` runs the next round; ``state`` is the global model."""
+
+    def __init__(self, settings: RunSettings, nodes: int, device: torch.device | str | None = None) -> None:
+        f = settings.num_byzantine
+        if not 0 <= f < nodes:
+            raise ValueError(f"num-byzantine={f} needs 0 <= f < nodes={nodes}")
+        self.settings, self.n, self.f, self.h = settings, nodes, f, nodes - f
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        task, x, y, parts = honest_partitions(settings, self.h)
+        shards = [(x[torch.as_tensor(p)].to(self.device), y[torch.as_tensor(p)].to(self.device)) for p in parts]
+        torch.manual_seed(settings.seed)
+        model = task.build_model().to(self.device)
+        self.task, self.model = task, model
+        self.state = {k: v.clone() for k, v in model.state_dict().items()}
+        self.layout = FlatLayout.of(self.state)
+        self.workers = HonestWorkers(task, shards, settings.worker(), settings.seed, model)
+        self.momenta: Tensor | None = None
+        self.round = 0
+        self.shuffler = random.Random(settings.seed)  # OmniscientAdversary's reply order
+        self.attacks: list[Attack] = []
+        if settings.attack != "none" and f and not settings.planning:
+            first = settings.make_attack()
+            self.attacks = [first] if first.shared else [first] + [settings.make_attack() for _ in range(f - 1)]
+        self.flipped_momenta: list[Tensor | None] = [None] * f
+
+    @property
+    def theta(self) -> Tensor:
+        """The global model as a flat vector."""
+        return self.layout.flatten(self.state)
+
+    def step(self, planned: Planned | None = None) -> Round:
+        """Run the next round; ``planned`` (valid honest vectors ``(h', d)`` -> ``((d,) vector, metrics)``)
+        replaces the configured attack (planning adversaries)."""
+        t, s = self.round + 1, self.settings
+        gamma = s.lr_at(t)
+        theta = self.theta
+        honest = self.workers.step(self.state, self.momenta, t, gamma)
+        self.momenta = honest.momenta
+        order = list(range(self.h + self.f))
+        self.shuffler.shuffle(order)
+        valid = honest.wire.isfinite().all(dim=1)
+        metrics: dict[str, float] = {}
+        attack = None
+        if self.f and (planned is not None or self.attacks) and bool(valid.any()):
+            attack, metrics = self._attack(t, theta, honest.wire[valid], valid, order, gamma, planned)
+        replies = torch.cat([honest.wire] + ([] if attack is None else [attack]))
+        stack = replies[[i for i in order if i < len(replies)]]
+        update = robust_update(theta, stack, s.server_lr * gamma,
+                               lambda excluded: rule_after(s.aggregator(), excluded, s.aggregation_kwargs, t))
+        if update.theta is not None:
+            self._move(update, honest, [i for i in order if i < len(replies)])
+        rows = [i for i, good in enumerate(valid.tolist()) if good]
+        train = _weighted_mean([honest.losses[i] for i in rows], [honest.sizes[i] for i in rows])
+        metrics = {**({"train-loss": train} if rows else {}), "robust-excluded": update.excluded,
+                   "robust-received": int(update.finite.sum()), **metrics}
+        self.round = t
+        return Round(t, theta, honest.wire, attack, s.server_lr * gamma, update, metrics)
+
+    def _move(self, update: RobustUpdate, honest: HonestReplies, order: list[int]) -> None:
+        """The new global state: the updated flat model; integer buffers the median of the valid replies'."""
+        assert update.theta is not None
+        new = self.state | self.layout.unflatten(update.theta)
+        kept = [i for i, good in zip(order, update.finite.tolist()) if good]
+        for key, value in self.state.items():
+            if key not in self.layout.names:
+                values = [honest.buffers[i][key] if i < self.h else value for i in kept]
+                new[key] = torch.stack(values).median(dim=0).values
+        self.state = new
+
+    def _attack(self, t: int, theta: Tensor, honest: Tensor, valid: Tensor, order: list[int], gamma: float,
+                planned: Planned | None) -> tuple[Tensor, dict[str, float]]:
+        """The pseudo-gradients ``(f, d)`` the server reads from the Byzantine replies, and the leader's metrics."""
+        start = time.perf_counter()
+        rows = torch.cumsum(valid.long(), 0) - 1  # reply i's row among the valid honest ones
+        h_valid = len(honest)
+        ctx_order = [int(rows[i]) if i < self.h else h_valid + i - self.h for i in order
+                     if i >= self.h or bool(valid[i])]
+        if planned is not None:
+            vector, metrics = planned(honest)
+            vectors = vector.expand(self.f, -1)
+        else:  # a shared attack runs on the leader only
+            vectors = torch.stack([self._node_attack(j, t, theta, honest, ctx_order, gamma)
+                                   for j in range(len(self.attacks))]).expand(self.f, -1)
+            metrics = dict(self.attacks[0].metrics)
+        sent = torch.stack([self.layout.flatten(self.layout.unflatten(row), theta.dtype) for row in theta - gamma * vectors])
+        return (theta - sent) / gamma, {**metrics, "attack-seconds": time.perf_counter() - start}
+
+    def _node_attack(self, j: int, t: int, theta: Tensor, honest: Tensor, order: list[int], gamma: float) -> Tensor:
+        """Byzantine node ``h + j``'s vector, from the context its ClientApp builds."""
+        s, attack, pid = self.settings, self.attacks[j], self.h + j
+        losses = honest_loss_oracle(s, self.h, t, self.device) if attack.name == "jump" else (None, None)
+        ctx = AttackContext(
+            n=len(honest) + self.f, f=self.f, aggregator=s.aggregator().for_round(t), lr=gamma * s.server_lr,
+            params=theta, honest_loss=losses[0], screening_loss=losses[1],
+            flipped=self._flipped(j, t, gamma) if attack.name == "lf" else None,
+            generator=seeded_generator(s.seed, t, pid, "attack"), order=torch.tensor(order, device=theta.device),
+        )
+        return attack(honest, ctx)
+
+    def _flipped(self, j: int, t: int, gamma: float) -> Tensor:
+        """LF: node ``h + j``'s honest pipeline on partition ``j mod h`` with labels ``c - 1 - y``."""
+        x, y = self.workers.shards[j % self.h]
+        self.model.load_state_dict(self.state)
+        result = worker_step(self.task, self.model, x, self.task.num_classes - 1 - y, self.flipped_momenta[j],
+                             self.settings.worker(), self.settings.seed, self.h + j, t)
+        self.flipped_momenta[j] = result.momentum
+        sent = stepped(self.model, self.state, result.momentum, gamma)
+        return (self.theta - self.layout.flatten(sent)) / gamma
+
+
+def _weighted_mean(values: list[float], weights: list[int]) -> float:
+    """Flower's ``aggregate_metricrecords``: ``sum_i v_i * (w_i / sum w)``, in that order."""
+    total = sum(weights)
+    out = 0.0
+    for i, (v, w) in enumerate(zip(values, weights, strict=True)):
+        out = v * (w / total) if i == 0 else out + v * (w / total)
+    return out
