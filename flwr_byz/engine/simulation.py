@@ -18,6 +18,7 @@ state: :mod:`flwr_byz.engine.planning`.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Callable
@@ -55,9 +56,11 @@ class Round:
 
 class Simulation:
     """``nodes`` nodes of ``settings`` (the last ``num-byzantine`` Byzantine) on ``device`` (default: CUDA if
-    available). :meth:`step` runs the next round; ``state`` is the global model."""
+    available). :meth:`step` runs the next round; ``state`` is the global model. ``attack`` replaces the
+    settings' attack (its own instance on every node if it is not ``shared``)."""
 
-    def __init__(self, settings: RunSettings, nodes: int, device: torch.device | str | None = None) -> None:
+    def __init__(self, settings: RunSettings, nodes: int, device: torch.device | str | None = None,
+                 attack: Attack | None = None) -> None:
         f = settings.num_byzantine
         if not 0 <= f < nodes:
             raise ValueError(f"num-byzantine={f} needs 0 <= f < nodes={nodes}")
@@ -75,9 +78,10 @@ class Simulation:
         self.round = 0
         self.shuffler = random.Random(settings.seed)  # OmniscientAdversary's reply order
         self.attacks: list[Attack] = []
-        if settings.attack != "none" and f and not settings.planning:
-            first = settings.make_attack()
-            self.attacks = [first] if first.shared else [first] + [settings.make_attack() for _ in range(f - 1)]
+        if f and (attack is not None or (settings.attack != "none" and not settings.planning)):
+            make = (lambda: copy.deepcopy(attack)) if attack is not None else settings.make_attack
+            first = make()
+            self.attacks = [first] if first.shared else [first] + [make() for _ in range(f - 1)]
         self.flipped_momenta: list[Tensor | None] = [None] * f
 
     @property
