@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import re
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from .config import RunSettings
+from .engine import run as run_in_process
+from .engine.planning import check_planning
+from .experiments import toy2d as toy2d_study
+from .experiments import tradeoff as tradeoff_study
 from .experiments.flower import FlowerLauncher
 from .experiments.report import format_table, plot_accuracy, summary_row
 from .experiments.results import is_complete, results_path
@@ -39,36 +46,65 @@ class Progress:
 
 
 def planned_runs(args: argparse.Namespace) -> list[RunSettings]:
-    """One run per attack of ``--attacks``; settings are checked here, before anything runs."""
+    """One run per attack of ``--attacks``; settings are checked here, before anything runs (planning attacks
+    need the engine)."""
     base = {
         "task": args.task, "aggregation": args.aggregation, "num-byzantine": args.f, "alpha": args.alpha,
         "rounds": args.rounds, "seed": args.seed, "eval-every": args.eval_every, "eval-size": args.eval_size,
         "results-dir": str(Path(args.out).resolve()), **parse_overrides(args.set),
     }
-    return [RunSettings.from_run_config({**base, "attack": attack}) for attack in args.attacks.split(",")]
+    runs = [RunSettings.from_run_config({**base, "attack": attack}) for attack in args.attacks.split(",")]
+    planning = [s.attack for s in runs if s.planning]
+    if planning and args.executor == "flower":
+        raise ValueError(f"{', '.join(planning)} (jump-tau={runs[0].jump_tau}) plan ahead on the whole simulation "
+                         "state: add --executor engine")
+    for settings in runs:
+        check_planning(settings)
+    return runs
+
+
+def echo_engine_progress() -> None:
+    """The engine's progress lines (one per evaluated round) on stdout, indented like a Flower run's."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("    %(message)s"))
+    for name in ("flwr_byz.engine", "flwr_byz.toy2d", "flwr_byz.tradeoff"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def stress(args: argparse.Namespace) -> int:
     out_dir = Path(args.out).resolve()
     runs = planned_runs(args)
     done, failed = [], []
-    with FlowerLauncher(out_dir / ".flwr-home") as launcher:
+    if args.executor == "engine":
+        echo_engine_progress()
+    with contextlib.ExitStack() as stack:
+        launcher = stack.enter_context(FlowerLauncher(out_dir / ".flwr-home")) if args.executor == "flower" else None
         for settings in runs:
             attack, path = settings.attack, results_path(settings)
             if is_complete(settings):
                 print(f"[{attack}] already complete with these settings: {path}")
                 done.append(path)
                 continue
-            print(f"[{attack}] {settings.name}: {settings.rounds} rounds on {args.nodes} nodes via flwr run ...")
+            print(f"[{attack}] {settings.name}: {settings.rounds} rounds on {args.nodes} nodes via {args.executor} ...")
             start = time.time()
-            outcome = launcher.run(PAPER_APP, settings.to_run_config(), num_supernodes=args.nodes,
-                                   num_gpus=args.gpus, echo=Progress())
-            print(f"[{attack}] {outcome.status} in {time.time() - start:.0f} s -> {path}")
-            if outcome.ok and is_complete(settings):
+            if launcher is None:
+                try:
+                    run_in_process(settings, nodes=args.nodes)
+                    status, ok, output = "finished", True, ""
+                except Exception:  # noqa: BLE001 - recorded in the run's log, reported, and the exit code is 1
+                    status, ok, output = "failed", False, traceback.format_exc()
+                    print(output, file=sys.stderr)
+            else:
+                outcome = launcher.run(PAPER_APP, settings.to_run_config(), num_supernodes=args.nodes,
+                                       num_gpus=args.gpus, echo=Progress())
+                status, ok, output = outcome.status, outcome.ok, outcome.output
+            print(f"[{attack}] {status} in {time.time() - start:.0f} s -> {path}")
+            if ok and is_complete(settings):
                 done.append(path)
             else:
                 failed.append(attack)
-                (out_dir / f"{settings.name}_{settings.key}.log").write_text(outcome.output)
+                (out_dir / f"{settings.name}_{settings.key}.log").write_text(output)
     if done:
         print()
         print(format_table([summary_row(p) for p in done]))
@@ -78,6 +114,27 @@ def stress(args: argparse.Namespace) -> int:
     if failed:
         print(f"failed runs: {', '.join(failed)} (logs in {out_dir})", file=sys.stderr)
         return 1
+    return 0
+
+
+def toy2d(args: argparse.Namespace) -> int:
+    echo_engine_progress()
+    path, runs = toy2d_study.study(Path(args.out), tuple(args.aggregators.split(",")), tuple(args.attacks.split(",")),
+                                   args.rounds)
+    print(f"\n{path}\n" + path.read_text())
+    print(f"figures: {path.with_name('toy2d_trajectories.png')}, {path.with_name('toy2d_loss.png')}")
+    return 0
+
+
+def tradeoff(args: argparse.Namespace) -> int:
+    echo_engine_progress()
+    logging.getLogger("flwr_byz.engine").setLevel(logging.WARNING)  # one line per run, not per evaluation
+    path, summary = tradeoff_study.study(Path(args.out), tuple(args.aggregations.split(",")),
+                                         tuple(int(t) for t in args.taus.split(",")),
+                                         tuple(int(s) for s in args.seeds.split(",")), args.rounds,
+                                         eval_every=args.eval_every)
+    print(f"\n{path}\n{path.with_name('tradeoff_summary.csv').read_text()}")
+    print(f"figure: {path.with_name('tradeoff.png')}")
     return 0
 
 
@@ -108,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attacks", default="none,sf,alie,jump", help="comma-separated attack names")
     p.add_argument("--f", type=int, default=3, help="number of Byzantine nodes")
     p.add_argument("--nodes", type=int, default=15, help="n, all nodes (n - f honest)")
+    p.add_argument("--executor", choices=("flower", "engine"), default="flower",
+                   help="flower: `flwr run` on Ray (default); engine: the same maths in this process, faster, "
+                        "and the only one for planning attacks (jump-tau > 1, solve-p)")
     p.add_argument("--gpus", type=float, default=0.0, help="GPUs per client (Ray's client-resources-num-gpus)")
     p.add_argument("--alpha", type=float, default=0.1, help="Dirichlet heterogeneity (<= 0: IID)")
     p.add_argument("--rounds", type=int, default=200)
@@ -117,6 +177,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/stress", help="results folder (runs already complete are skipped)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any other run-config key")
     p.set_defaults(run=stress)
+
+    p = sub.add_parser("toy2d", help="the 2-D landscape study (paper, Section 4): every rule against every attack")
+    p.add_argument("--out", default="results/toy2d", help="folder for toy2d.csv and the figures")
+    p.add_argument("--aggregators", default=",".join(toy2d_study.AGGREGATORS))
+    p.add_argument("--attacks", default=",".join(toy2d_study.ATTACKS))
+    p.add_argument("--rounds", type=int, default=100, help="T")
+    p.set_defaults(run=toy2d)
+
+    p = sub.add_parser("tradeoff", help="JUMP-tau's strength and cost vs tau (paper, Appendix A, Figure 4)")
+    p.add_argument("--out", default="results/tradeoff", help="folder for the runs, the CSVs and tradeoff.png")
+    p.add_argument("--aggregations", default="nnm+cm,nnm+gm")
+    p.add_argument("--taus", default="1,4,16,32")
+    p.add_argument("--seeds", default="1,2,3,4,5")
+    p.add_argument("--rounds", type=int, default=None, help="rounds per run (default: the task's, 640)")
+    p.add_argument("--eval-every", type=int, default=10)
+    p.set_defaults(run=tradeoff)
 
     p = sub.add_parser("data", help="make a dataset available offline")
     p.add_argument("name", help="task or dataset: mnist, fashion-mnist, cifar10, ...")

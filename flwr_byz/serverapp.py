@@ -58,6 +58,9 @@ def central_evaluator(settings: RunSettings, task: Task, adversary: OmniscientAd
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config)
+    if settings.planning:
+        raise ValueError(f"attack {settings.attack!r} with jump-tau={settings.jump_tau} plans ahead on the whole "
+                         "simulation state, which only the in-process engine has: flwr-byz stress --executor engine")
     n = wait_for_nodes(grid)
     task = get_task(settings.task)
     torch.manual_seed(settings.seed)

@@ -36,6 +36,9 @@ from torch import Tensor
 from ..attacks.base import HonestLoss
 from ..attacks.line_search import GlobalSearch
 from ..config import RunSettings, parse_params
+from ..flat import FlatLayout
+from ..tasks import get_task
+from .honest import batchable
 from ..tasks.nodes import honest_loss_oracle
 from .simulation import Round, Simulation
 
@@ -195,11 +198,6 @@ class SolveP:
     ``attack-seconds`` (planning time per round)."""
 
     def __init__(self, sim: Simulation, sweeps: int = 2, directions: int = 8, radii: int = 5) -> None:
-        d = sim.layout.numel
-        if d > SOLVE_P_MAX_D:
-            raise ValueError(f"solve-p optimises every Byzantine vector directly (d = {d} numbers per round): only "
-                             f"for models with d <= SOLVE_P_MAX_D = {SOLVE_P_MAX_D} (e.g. task toy2d); for larger "
-                             "models use attack jump with jump-tau")
         self.sim, self.sweeps, self.directions, self.radii = sim, sweeps, directions, radii
         self.vectors: list[Tensor] = []
         self.metrics: dict[str, float] = {}
@@ -249,14 +247,31 @@ def _unit(x: Tensor) -> Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
+def check_planning(settings: RunSettings) -> None:
+    """Refuse at once what the planning adversaries cannot do: a task whose honest step cannot be batched
+    (dropout, BatchNorm), and ``solve-p`` on a model with more than ``SOLVE_P_MAX_D`` parameters."""
+    if not settings.planning:
+        return
+    model = get_task(settings.task).build_model()
+    what = "solve-p" if settings.attack == "solve-p" else f"jump with jump-tau={settings.jump_tau}"
+    if not batchable(model):
+        raise ValueError(f"{what} plans on batched copies of the run, which need an honest step without dropout or "
+                         f"BatchNorm; task {settings.task!r} has them: use mnist-logreg or toy2d")
+    d = FlatLayout.of(model.state_dict()).numel
+    if settings.attack == "solve-p" and d > SOLVE_P_MAX_D:
+        raise ValueError(f"solve-p optimises every Byzantine vector directly (d = {d} numbers per round): only "
+                         f"for models with d <= SOLVE_P_MAX_D = {SOLVE_P_MAX_D} (e.g. task toy2d); for larger "
+                         "models use attack jump with jump-tau")
+
+
 def planner(settings: RunSettings, sim: Simulation) -> JumpPlanner | SolveP | None:
     """The planning adversary the settings ask for (``None``: the attack runs round by round)."""
+    check_planning(settings)
     if not settings.planning:
         return None
-    what = "solve-p" if settings.attack == "solve-p" else f"jump with jump-tau={settings.jump_tau}"
     if not sim.workers.vectorised:
-        raise ValueError(f"{what} plans on batched copies of the run, which need an honest step without dropout or "
-                         f"BatchNorm and equal batch sizes; task {settings.task!r} has not: use mnist-logreg or toy2d")
+        raise ValueError(f"attack {settings.attack!r} plans on batched copies of the run, which need equal honest "
+                         "batch sizes: every honest partition must hold at least batch-size examples")
     if settings.attack == "solve-p":
         return SolveP(sim)
     return JumpPlanner(sim, settings.jump_tau, settings.jump_solver, **parse_params(settings.attack_params,
