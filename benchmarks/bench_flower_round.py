@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flwr_byz.clients.nodes import honest_partitions
+from flwr_byz.tasks.nodes import honest_partitions
 from flwr_byz.config import RunSettings
 from flwr_byz.experiments.flower import FlowerLauncher
 from flwr_byz.experiments.results import read_run, results_path

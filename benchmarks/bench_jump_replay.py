@@ -43,7 +43,7 @@ from torch.func import functional_call
 
 from flwr_byz.attacks import get_attack, span
 from flwr_byz.attacks.span import span_aggregation
-from flwr_byz.clients.nodes import honest_partitions
+from flwr_byz.tasks.nodes import honest_partitions
 from flwr_byz.config import RunSettings
 from flwr_byz.experiments.replay import RecordedRound, attack_context, simulate
 from flwr_byz.flat import FlatLayout

@@ -141,6 +141,8 @@ def test_planning_refuses_what_it_cannot_do() -> None:
     cnn = RunSettings(task="mnist", attack="jump", jump_tau=4, num_byzantine=1)
     with pytest.raises(ValueError, match="use mnist-logreg or toy2d"):
         planner(cnn, Simulation(cnn, nodes=3, device="cpu"))
+    with pytest.raises(ValueError, match=r"attack-params \['finalists'\] are not parameters of the jump-tau planner"):
+        planner(dataclasses.replace(TOY, jump_tau=3, attack_params="finalists=3"), Simulation(TOY, 3, "cpu"))
     big = dataclasses.replace(SETTINGS, attack="solve-p")
     with pytest.raises(ValueError, match="d <= SOLVE_P_MAX_D = 64"):
         planner(big, Simulation(big, nodes=5, device="cpu"))

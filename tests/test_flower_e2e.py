@@ -102,6 +102,9 @@ def test_mnist_cnn_app_under_jump_records_accuracy_and_lambda(launcher, tmp_path
     assert all(0 <= r["test-accuracy"] <= 1 for r in rows)
     assert all(r["robust-received"] == 5 and isinstance(r["jump-lambda"], float) for r in rows[1:])
     assert all(r["attack-seconds"] > 0 and r["jump-losses"] >= 1 for r in rows[1:])  # the leader timed its search
+    # The engine runs the CNN's honest steps node after node with the same seeded dropout masks: the same rows.
+    assert_same_rows([{k: v for k, v in r.items() if k not in ("elapsed", "attack-seconds")} for r in rows], config,
+                     tmp_path / "engine", nodes=5)
 
 
 def test_two_runs_with_the_same_seed_are_identical(launcher, tmp_path):

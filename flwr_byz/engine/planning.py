@@ -22,6 +22,7 @@ in the real simulation, so the realised trajectory is the planned one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -257,6 +258,13 @@ def check_planning(settings: RunSettings) -> None:
     if not batchable(model):
         raise ValueError(f"{what} plans on batched copies of the run, which need an honest step without dropout or "
                          f"BatchNorm; task {settings.task!r} has them: use mnist-logreg or toy2d")
+    if settings.attack == "jump":
+        valid = {f.name for f in dataclasses.fields(GlobalSearch)} if settings.jump_solver == "global" else \
+            {"start", "maxfev"}
+        unknown = set(parse_params(settings.attack_params, "attack-params")) - valid
+        if unknown:
+            raise ValueError(f"attack-params {sorted(unknown)} are not parameters of the jump-tau planner with "
+                             f"jump-solver={settings.jump_solver}; valid: {', '.join(sorted(valid))}")
     d = FlatLayout.of(model.state_dict()).numel
     if settings.attack == "solve-p" and d > SOLVE_P_MAX_D:
         raise ValueError(f"solve-p optimises every Byzantine vector directly (d = {d} numbers per round): only "

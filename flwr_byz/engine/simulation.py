@@ -144,7 +144,7 @@ class Simulation:
                                    for j in range(len(self.attacks))]).expand(self.f, -1)
             metrics = dict(self.attacks[0].metrics)
         sent = torch.stack([self.layout.flatten(self.layout.unflatten(row), theta.dtype) for row in theta - gamma * vectors])
-        return (theta - sent) / gamma, {**metrics, "attack-seconds": time.perf_counter() - start}
+        return (theta - sent) / gamma, {"attack-seconds": time.perf_counter() - start, **metrics}
 
     def _node_attack(self, j: int, t: int, theta: Tensor, honest: Tensor, order: list[int], gamma: float) -> Tensor:
         """Byzantine node ``h + j``'s vector, from the context its ClientApp builds."""

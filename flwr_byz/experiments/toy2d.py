@@ -125,7 +125,7 @@ def plot(runs: list[Trajectory], out: Path) -> list[Path]:
 
     aggregators = list(dict.fromkeys(run.aggregator for run in runs))
     attacks = list(dict.fromkeys(run.attack for run in runs))
-    colors = dict(zip(attacks, plt.get_cmap("tab20").colors))
+    colors = dict(zip(attacks, [*plt.get_cmap("tab10").colors, "black", "magenta", *plt.get_cmap("Dark2").colors]))
     grid = np.linspace(-2.5, 2.5, 201)
     gx, gy = np.meshgrid(grid, grid)
     contour = honest_loss(torch.as_tensor(np.stack([gx.ravel(), gy.ravel()], 1))).reshape(gx.shape)
