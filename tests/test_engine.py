@@ -118,21 +118,24 @@ def test_engine_results_file_has_the_flower_paths_rows(tmp_path) -> None:
 
 # ------------------------------------------------------------------ planning adversaries
 def test_a_tau_plan_beats_the_greedy_one_on_its_own_segment_and_is_what_the_run_plays() -> None:
-    sim = Simulation(TOY, nodes=3, device="cpu")
-    rollout = Rollout(sim, 10)
+    # GM on the 2-D problem over 40 rounds: planning ahead pays (JUMP-100 jumps over the minimum at step ~3,
+    # greedy JUMP only at step ~60), so coordinate ascent must raise the greedy plan's total, and beat Powell.
+    gm = dataclasses.replace(TOY, aggregation="gm", rounds=40)
+    rollout = Rollout(Simulation(gm, nodes=3, device="cpu"), 40)
+    total = lambda lams: float(rollout.total(lams[None], 0, rollout.start)[0])  # noqa: E731
     greedy = plan_global(rollout, GlobalSearch(), sweeps=0)
     planned = plan_global(rollout, GlobalSearch(), sweeps=1)
-    total = lambda lams: float(rollout.total(lams[None], 0, rollout.start)[0])  # noqa: E731
-    assert total(planned) >= total(greedy) - 1e-12
-    powell = plan_powell(rollout, maxfev=300)
-    assert total(planned) >= total(powell) - 1e-9  # the paper's solver from lambda = 1
-    # Played in the real simulation, the plan gives the planned iterates.
+    assert total(planned) > total(greedy) + 2  # 29.09 vs 25.51 seen
+    assert total(planned) > total(plan_powell(rollout, maxfev=400))  # the paper's solver from lambda = 1
+    # Played in the real simulation (CM, tau = 10), a plan gives the planned iterates.
     tau = dataclasses.replace(TOY, jump_tau=10)
     sim = Simulation(tau, nodes=3, device="cpu")
+    rollout = Rollout(sim, 10)
     plan = planner(tau, sim)
     played = [plan.step() for _ in range(10)]
     realised = sum(float(rollout.ahead[j].loss(played[j].update.theta[None])[0]) for j in range(10))
     assert realised == pytest.approx(played[0].metrics["jump-plan-loss"], rel=1e-5)
+    assert all(r.metrics["jump-tau"] == 10 and r.metrics["attack-seconds"] > 0 for r in played)
 
 
 def test_planning_refuses_what_it_cannot_do() -> None:

@@ -86,11 +86,11 @@ def trajectory(aggregator: str, attack: str, rounds: int = 100) -> Trajectory:
     return Trajectory(aggregator, attack, stacked.double().numpy(), losses, time.perf_counter() - start)
 
 
-def honest_loss(thetas: torch.Tensor) -> np.ndarray:
+def honest_loss(thetas: torch.Tensor | np.ndarray) -> np.ndarray:
     """``L_H`` of points ``(k, 2)``: the mean of the two honest losses (exact, every point)."""
     z = torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
     b = torch.tensor([0.8, 1.2], dtype=torch.float64)
-    sq = ((thetas.double()[:, None] - z) ** 2).sum(-1)
+    sq = ((torch.as_tensor(thetas).double()[:, None] - z) ** 2).sum(-1)
     return (1 - b * torch.exp(-sq)).mean(-1).numpy()
 
 
