@@ -88,3 +88,27 @@ def test_bad_settings_exit_with_a_message_before_any_run(tmp_path, capsys):
 @pytest.mark.parametrize("value, literal", [(True, "true"), (3, "3"), (0.5, "0.5"), ("nnm+cm", '"nnm+cm"')])
 def test_run_config_literals(value, literal):
     assert toml_value(value) == literal
+
+
+def test_stress_on_the_engine_prints_the_table_and_plot_and_resumes(tmp_path, capsys):
+    argv = ["stress", "--executor", "engine", "--task", "toy2d", "--aggregation", "cm", "--f", "1", "--nodes", "3",
+            "--attacks", "sf,jump", "--set", "jump-tau=5", "--rounds", "10", "--eval-every", "5", "--out",
+            str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "round 10/10: test accuracy" in out  # the engine's progress lines
+    assert "toy2d  cm" in out and (tmp_path / "toy2d_cm_f1_accuracy.png").exists()
+    assert len(list(tmp_path.glob("*.jsonl"))) == 2
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("already complete") == 2
+
+
+def test_planning_attacks_need_the_engine_executor(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["stress", "--task", "toy2d", "--attacks", "solve-p", "--f", "1", "--nodes", "3", "--out", str(tmp_path)])
+    assert "plan ahead on the whole simulation state: add --executor engine" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["stress", "--executor", "engine", "--task", "mnist", "--attacks", "jump", "--set", "jump-tau=4",
+              "--out", str(tmp_path)])
+    assert "use mnist-logreg or toy2d" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.jsonl*"))
