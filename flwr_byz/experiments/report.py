@@ -35,21 +35,25 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_accuracy(paths: list[Path], out: Path, title: str = "") -> Path:
-    """Test accuracy against round, one line per results file, saved as a PNG."""
+    """Test accuracy against round, one line per results file, saved as a PNG (test loss for tasks that are not
+    classifiers, whose accuracy is null)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = [read_run(path) for path in paths]
+    accuracy = any(r.get("test-accuracy") is not None for _, rows in runs for r in rows)
+    key, scale = ("test-accuracy", 100) if accuracy else ("test-loss", 1)
     fig, ax = plt.subplots(figsize=(8, 4.2))
     colors = plt.get_cmap("tab10" if len(paths) <= 10 else "tab20").colors
-    for i, path in enumerate(paths):
-        settings, rows = read_run(path)
-        points = [(r["round"], 100 * r["test-accuracy"]) for r in rows if r.get("test-accuracy") is not None]
+    for i, (settings, rows) in enumerate(runs):
+        points = [(r["round"], scale * r[key]) for r in rows if r.get(key) is not None]
         ax.plot(*zip(*points), label=f"{settings['attack']}", linewidth=1.6, color=colors[i % len(colors)])
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylabel("test accuracy (%)" if accuracy else "test loss")
+    if accuracy:
+        ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(title="attack", loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(title)
