@@ -11,8 +11,9 @@
    * flower: ``flwr run simulations/paper`` with the same settings, from the results file's
      ``elapsed`` (rounds 2..R, evaluating 100 test images a round), as ``bench_flower_round.py``.
    Mean seconds per step over rounds 2..R; ratios engine / floor (goal <= 1.3) and flower / engine.
-2. JUMP-tau (mnist-logreg, NNM+CM, default solver): seconds per round over ``--tau-rounds`` rounds
-   (whole segments, planning included) as a ratio to SF's round measured in the same run.
+2. JUMP-tau (mnist-logreg, NNM+CM, default solver): seconds per round over all ``--tau-rounds`` rounds
+   (whole segments, planning included; ``--tau-rounds`` a multiple of every tau) as a ratio to SF's round
+   measured in the same run.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def floor_per_step(settings: RunSettings, rounds: int) -> float:
     return statistics.mean(times[1:])
 
 
-def engine_per_step(settings: RunSettings, rounds: int) -> float:
-    """``Simulation.step`` (or the planner's step) per round, rounds 2..R."""
+def engine_per_step(settings: RunSettings, rounds: int, warm: int = 1) -> float:
+    """``Simulation.step`` (or the planner's step, planning included) per round, rounds ``warm + 1..R``."""
     sim = Simulation(settings, NODES, "cpu")
     plan = planner(settings, sim)
     times = []
@@ -61,7 +62,7 @@ def engine_per_step(settings: RunSettings, rounds: int) -> float:
         start = time.perf_counter()
         plan.step() if plan is not None else sim.step()
         times.append(time.perf_counter() - start)
-    return statistics.mean(times[1:])
+    return statistics.mean(times[warm:])
 
 
 def main() -> None:
@@ -88,12 +89,12 @@ def main() -> None:
         print(f"{task:<14}{floor * 1000:>7.1f} ms{engine * 1000:>7.1f} ms{fl}{engine / floor:>14.2f}{ratio}")
 
     base = RunSettings(task="mnist-logreg", aggregation="nnm+cm", num_byzantine=3, rounds=args.tau_rounds)
-    sf = engine_per_step(dataclasses.replace(base, attack="sf"), args.tau_rounds)
+    sf = engine_per_step(dataclasses.replace(base, attack="sf"), args.tau_rounds, warm=0)
     print(f"\nJUMP-tau on mnist-logreg, nnm+cm, {args.tau_rounds} rounds: seconds per round, ratio to SF "
           f"({sf * 1000:.1f} ms per round)")
     print(f"{'tau':>5}{'s/round':>10}{'x SF':>9}")
     for tau in (int(t) for t in args.taus.split(",")):
-        seconds = engine_per_step(dataclasses.replace(base, attack="jump", jump_tau=tau), args.tau_rounds)
+        seconds = engine_per_step(dataclasses.replace(base, attack="jump", jump_tau=tau), args.tau_rounds, warm=0)
         print(f"{tau:>5}{seconds:>10.3f}{seconds / sf:>9.1f}", flush=True)
 
 

@@ -337,3 +337,13 @@ def test_for_round_keeps_stateless_stages_and_the_spec():
     agg = get_aggregator("nnm+cm", 1)
     later = agg.for_round(5)
     assert later.spec == agg.spec and later.f == agg.f and later.rule is agg.rule and later.pre[0] is agg.pre[0]
+
+
+def test_finite_rows_keeps_huge_finite_rows_whose_sum_overflows() -> None:
+    from flwr_byz.aggregation.update import finite_rows
+
+    big = torch.finfo(torch.float32).max
+    x = torch.tensor([[1.0, 2.0, 3.0], [big, big, big], [1.0, float("nan"), 1.0], [float("inf"), 0.0, 0.0],
+                      [float("inf"), float("-inf"), 0.0], [-big, -big, 1.0]], dtype=torch.float32)
+    assert finite_rows(x).tolist() == [True, True, False, False, False, True]
+    assert finite_rows(x[:1]).tolist() == [True]

@@ -21,6 +21,17 @@ class RobustUpdate:
     reason: str | None = None
 
 
+def finite_rows(x: Tensor) -> Tensor:
+    """Which rows of ``x (n, d)`` hold only finite values. One summation pass: a row whose sum is finite has no
+    NaN or infinite entry; only rows whose sum is not (such an entry, or finite ones whose sum overflows) are
+    checked entry by entry."""
+    finite = x.sum(dim=-1).isfinite()
+    if not finite.all():
+        suspect = ~finite
+        finite[suspect] = x[suspect].isfinite().all(dim=-1)
+    return finite
+
+
 def robust_update(theta: Tensor, grads: Tensor, step: float, rule_for: Callable[[int], Aggregation],
                   excluded: int = 0) -> RobustUpdate:
     """``theta - step * F(finite rows of grads)`` with ``F = rule_for(excluded + non-finite rows)``.
@@ -29,13 +40,14 @@ def robust_update(theta: Tensor, grads: Tensor, step: float, rule_for: Callable[
     ``excluded`` (rows the caller already dropped). With fewer rows than ``F`` needs, or a
     non-finite result, the model stays where it was.
     """
-    finite = grads.isfinite().all(dim=1)
-    excluded += int((~finite).sum())
+    finite = finite_rows(grads)
+    valid = int(finite.sum())
+    excluded += len(grads) - valid
     rule = rule_for(excluded)
-    if int(finite.sum()) < rule.min_n():
+    if valid < rule.min_n():
         return RobustUpdate(None, finite, excluded,
-                            f"{int(finite.sum())} valid replies, {rule.spec!r} with f={rule.f} needs {rule.min_n()}")
-    new = theta - step * rule(grads[finite])
+                            f"{valid} valid replies, {rule.spec!r} with f={rule.f} needs {rule.min_n()}")
+    new = theta - step * rule(grads if valid == len(grads) else grads[finite])
     if not new.isfinite().all():
         return RobustUpdate(None, finite, excluded, "the aggregate is not finite")
     return RobustUpdate(new, finite, excluded)

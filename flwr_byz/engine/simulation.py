@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..aggregation.update import RobustUpdate, robust_update, rule_after
+from ..aggregation.update import RobustUpdate, finite_rows, robust_update, rule_after
 from ..attacks import Attack, AttackContext
 from ..config import RunSettings
 from ..flat import FlatLayout
@@ -99,13 +99,13 @@ class Simulation:
         self.momenta = honest.momenta
         order = list(range(self.h + self.f))
         self.shuffler.shuffle(order)
-        valid = honest.wire.isfinite().all(dim=1)
+        valid = finite_rows(honest.wire)
         metrics: dict[str, float] = {}
         attack = None
         if self.f and (planned is not None or self.attacks) and bool(valid.any()):
             attack, metrics = self._attack(t, theta, honest.wire[valid], valid, order, gamma, planned)
-        replies = torch.cat([honest.wire] + ([] if attack is None else [attack]))
-        stack = replies[[i for i in order if i < len(replies)]]
+        replies = list(honest.wire.unbind(0)) + ([] if attack is None else list(attack.unbind(0)))
+        stack = torch.stack([replies[i] for i in order if i < len(replies)])
         update = robust_update(theta, stack, s.server_lr * gamma,
                                lambda excluded: rule_after(s.aggregator(), excluded, s.aggregation_kwargs, t))
         if update.theta is not None:
