@@ -150,3 +150,15 @@ def test_planning_refuses_what_it_cannot_do() -> None:
     big = dataclasses.replace(SETTINGS, attack="solve-p")
     with pytest.raises(ValueError, match="d <= SOLVE_P_MAX_D = 64"):
         planner(big, Simulation(big, nodes=5, device="cpu"))
+
+
+def test_the_engine_imports_no_flower_module() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from flwr_byz.config import RunSettings; from flwr_byz.engine import Simulation, run; "
+            "import flwr_byz.engine.planning; "
+            "Simulation(RunSettings(task='mnist-logreg', attack='jump', num_byzantine=1, rounds=1), 5, 'cpu').step(); "
+            "print(sorted(m for m in sys.modules if m == 'flwr' or m.startswith('flwr.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -16,6 +16,14 @@ from .line_search import SOLVERS
 from .span import span_aggregation
 
 
+def relative_spread(honest: Tensor) -> float:
+    """``max_i ||g_i - gbar|| / ||gbar||`` of honest vectors ``(h, d)``: the copies ``lambda gbar`` sit among
+    them for ``|lambda - 1| <= spread`` (``inf`` when ``gbar = 0``)."""
+    gbar = honest.mean(0)
+    norm = float(gbar.norm())
+    return float((honest - gbar).norm(dim=1).max()) / norm if norm > 0 else math.inf
+
+
 @dataclass
 class Scored:
     """One distinct candidate aggregate: the smallest ``|lambda|`` giving it, its screened value
@@ -61,8 +69,7 @@ class JumpObjective:
         self.breakpoints = self.span.breakpoints() if self.span is not None else None
         rows = 2 if self.span is not None else ctx.n  # (k, rows, d) entries per call: aggregates and their update
         self.chunk = max(1, max_batch_elems // (rows * honest.shape[1]))
-        radius, norm = float((honest - self.gbar).norm(dim=1).max()), float(self.gbar.norm())
-        self.spread = radius / norm if norm > 0 else math.inf
+        self.spread = relative_spread(honest)
         self.scored: dict[bytes, Scored] = {}
         self.evals = 0
         self.calls = 0

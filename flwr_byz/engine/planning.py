@@ -35,6 +35,7 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from ..attacks.base import HonestLoss
+from ..attacks.jump import relative_spread
 from ..attacks.line_search import GlobalSearch
 from ..config import RunSettings, parse_params
 from ..flat import FlatLayout
@@ -123,13 +124,6 @@ class Rollout:
         return self.run(self.jump(plans, first), point.repeat(len(plans)), first, last)[0].sum(1).cpu().numpy()
 
 
-def spread(honest: Tensor) -> float:
-    """``max_i ||g_i - gbar|| / ||gbar||`` of honest vectors ``(h, d)`` (JUMP's inlier range)."""
-    gbar = honest.mean(0)
-    norm = float(gbar.norm())
-    return float((honest - gbar).norm(dim=1).max()) / norm if norm > 0 else math.inf
-
-
 def plan_powell(rollout: Rollout, start: float = 1.0, maxfev: int | None = None) -> np.ndarray:
     """The paper's solver: scipy's Powell on the window's total loss from ``lambda = start``, unbounded."""
 
@@ -145,7 +139,7 @@ def plan_global(rollout: Rollout, search: GlobalSearch, sweeps: int = 1) -> np.n
     lams, point, points = np.zeros(len(rollout)), rollout.start, [rollout.start]
     for j in range(len(rollout)):  # greedy: lambda_j maximises the loss right after round j
         lams[j], _ = search(lambda c, j=j, at=point: rollout.total(c[:, None], j, at, j + 1),
-                            spread(rollout.honest(point, j)[0][0]))
+                            relative_spread(rollout.honest(point, j)[0][0]))
         point = rollout.run(rollout.jump(torch.tensor([[lams[j]]]), j), point, j, j + 1)[1][0]
         points.append(point)
     for _ in range(sweeps):
@@ -155,7 +149,7 @@ def plan_global(rollout: Rollout, search: GlobalSearch, sweeps: int = 1) -> np.n
                 plans[:, 0] = c
                 return rollout.total(plans, j, points[j])
 
-            cand, value = search(rest, spread(rollout.honest(points[j], j)[0][0]))
+            cand, value = search(rest, relative_spread(rollout.honest(points[j], j)[0][0]))
             if value > rest(np.array([lams[j]]))[0]:
                 lams[j] = cand
                 points[j + 1:] = rollout.run(rollout.jump(torch.as_tensor(lams[j:])[None], j), points[j], j)[1]
