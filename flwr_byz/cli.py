@@ -68,8 +68,10 @@ def echo_engine_progress() -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("    %(message)s"))
     for name in ("flwr_byz.engine", "flwr_byz.toy2d", "flwr_byz.tradeoff"):
-        logging.getLogger(name).addHandler(handler)
-        logging.getLogger(name).setLevel(logging.INFO)
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "stream", None) is sys.stdout for h in logger.handlers):
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def stress(args: argparse.Namespace) -> int:

@@ -119,7 +119,7 @@ class RunSettings:
         if self.jump_solver not in SOLVERS:
             raise ValueError(f"unknown jump-solver {self.jump_solver!r}; valid: {', '.join(SOLVERS)}")
         self.aggregator()  # unknown names and parameters a stage rejects fail here
-        if self.attack != "none" and self.attack not in PLANNED_ATTACKS:
+        if self.attack != "none" and not self.planning:  # planners check their own parameters
             self.make_attack()
         self.loss_sampling()
         for name in ("rounds", "batch_size", "eval_every", "jump_loss_size"):

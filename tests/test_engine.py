@@ -147,6 +147,12 @@ def test_planning_refuses_what_it_cannot_do() -> None:
         planner(cnn, Simulation(cnn, nodes=3, device="cpu"))
     with pytest.raises(ValueError, match=r"attack-params \['finalists'\] are not parameters of the jump-tau planner"):
         planner(dataclasses.replace(TOY, jump_tau=3, attack_params="finalists=3"), Simulation(TOY, 3, "cpu"))
+    with pytest.raises(ValueError, match="solve-p takes no attack-params"):
+        planner(dataclasses.replace(TOY, attack="solve-p", attack_params="radii=3"), Simulation(TOY, 3, "cpu"))
+    powell = dataclasses.replace(TOY, jump_tau=3, jump_solver="powell", attack_params="maxfev=50")
+    assert planner(powell, Simulation(powell, 3, "cpu")).params == {"maxfev": 50}  # the planner's, not JUMP-1's
+    with pytest.raises(ValueError, match=r"KRUM needs n > 2f \+ 2, got n=3, f=1"):
+        Simulation(dataclasses.replace(TOY, aggregation="krum"), 3, "cpu")  # as RobustStrategy refuses it
     big = dataclasses.replace(SETTINGS, attack="solve-p")
     with pytest.raises(ValueError, match="d <= SOLVE_P_MAX_D = 64"):
         planner(big, Simulation(big, nodes=5, device="cpu"))

@@ -74,7 +74,7 @@ class HonestWorkers:
             moms.append(result.momentum)
             losses.append(result.loss)
             sizes.append(result.batch_size)
-            buffers.append({k: v for k, v in sent.items() if k not in self.layout.names})
+            buffers.append({k: v.clone() for k, v in sent.items() if k not in self.layout.names})  # not views
         return HonestReplies(torch.stack(wires), torch.stack(moms), losses, sizes, buffers)
 
     def batch(self, round_: int) -> tuple[Tensor, Tensor]:

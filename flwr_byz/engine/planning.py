@@ -40,8 +40,8 @@ from ..attacks.line_search import GlobalSearch
 from ..config import RunSettings, parse_params
 from ..flat import FlatLayout
 from ..tasks import get_task
-from .honest import batchable
 from ..tasks.nodes import honest_loss_oracle
+from .honest import batchable
 from .simulation import Round, Simulation
 
 SOLVE_P_MAX_D = 64  # solve-p optimises T x d numbers: refused above this model size
@@ -162,7 +162,7 @@ class JumpPlanner:
     total of the segment) and ``attack-seconds`` (the segment's planning time, per round)."""
 
     def __init__(self, sim: Simulation, tau: int, solver: str, **params: object) -> None:
-        self.sim, self.tau, self.solver, self.params = sim, tau, solver, params
+        self.sim, self.tau, self.params = sim, tau, params
         self.search = GlobalSearch(**params) if solver == "global" else None  # type: ignore[arg-type]
         self.queue: list[float] = []
         self.metrics: dict[str, float] = {}
@@ -252,6 +252,10 @@ def check_planning(settings: RunSettings) -> None:
     if not batchable(model):
         raise ValueError(f"{what} plans on batched copies of the run, which need an honest step without dropout or "
                          f"BatchNorm; task {settings.task!r} has them: use mnist-logreg or toy2d")
+    if settings.num_byzantine < 1:
+        raise ValueError(f"{what} needs Byzantine nodes to plan for: set num-byzantine >= 1")
+    if settings.attack == "solve-p" and settings.attack_params:
+        raise ValueError(f"solve-p takes no attack-params, got {settings.attack_params!r}")
     if settings.attack == "jump":
         valid = {f.name for f in dataclasses.fields(GlobalSearch)} if settings.jump_solver == "global" else \
             {"start", "maxfev"}

@@ -19,6 +19,7 @@ state: :mod:`flwr_byz.engine.planning`.
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from ..tasks import stepped, worker_step
 from ..tasks.nodes import honest_loss_oracle, honest_partitions
 from .honest import HonestReplies, HonestWorkers
 
+logger = logging.getLogger("flwr_byz.engine")
 Planned = Callable[[Tensor], tuple[Tensor, dict[str, float]]]
 
 
@@ -64,6 +66,7 @@ class Simulation:
         f = settings.num_byzantine
         if not 0 <= f < nodes:
             raise ValueError(f"num-byzantine={f} needs 0 <= f < nodes={nodes}")
+        settings.aggregator().check(nodes)  # as RobustStrategy does for the n nodes it sends to
         self.settings, self.n, self.f, self.h = settings, nodes, f, nodes - f
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         task, x, y, parts = honest_partitions(settings, self.h)
@@ -110,6 +113,10 @@ class Simulation:
                                lambda excluded: rule_after(s.aggregator(), excluded, s.aggregation_kwargs, t))
         if update.theta is not None:
             self._move(update, honest, [i for i in order if i < len(replies)])
+        else:
+            logger.warning("Round %d: keeping the old model: %s", t, update.reason)
+        if self.f and attack is None and self.settings.attack != "none":
+            logger.warning("Round %d: Byzantine nodes silent (no valid honest vector to attack)", t)
         rows = [i for i, good in enumerate(valid.tolist()) if good]
         train = _weighted_mean([honest.losses[i] for i in rows], [honest.sizes[i] for i in rows])
         metrics = {**({"train-loss": train} if rows else {}), "robust-excluded": update.excluded,
@@ -140,9 +147,10 @@ class Simulation:
             vector, metrics = planned(honest)
             vectors = vector.expand(self.f, -1)
         else:  # a shared attack runs on the leader only
-            vectors = torch.stack([self._node_attack(j, t, theta, honest, ctx_order, gamma)
-                                   for j in range(len(self.attacks))]).expand(self.f, -1)
-            metrics = dict(self.attacks[0].metrics)
+            first = self._node_attack(0, t, theta, honest, ctx_order, gamma)
+            metrics = {"attack-seconds": time.perf_counter() - start, **self.attacks[0].metrics}  # the leader's own
+            vectors = torch.stack([first] + [self._node_attack(j, t, theta, honest, ctx_order, gamma)
+                                             for j in range(1, len(self.attacks))]).expand(self.f, -1)
         sent = torch.stack([self.layout.flatten(self.layout.unflatten(row), theta.dtype) for row in theta - gamma * vectors])
         return (theta - sent) / gamma, {"attack-seconds": time.perf_counter() - start, **metrics}
 

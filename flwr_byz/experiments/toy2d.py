@@ -24,6 +24,7 @@ import torch
 from ..config import RunSettings
 from ..engine import Simulation
 from ..engine.planning import planner
+from ..tasks import get_task
 
 logger = logging.getLogger("flwr_byz.toy2d")
 
@@ -88,8 +89,7 @@ def trajectory(aggregator: str, attack: str, rounds: int = 100) -> Trajectory:
 
 def honest_loss(thetas: torch.Tensor | np.ndarray) -> np.ndarray:
     """``L_H`` of points ``(k, 2)``: the mean of the two honest losses (exact, every point)."""
-    z = torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
-    b = torch.tensor([0.8, 1.2], dtype=torch.float64)
+    z, b = (t.double() for t in get_task("toy2d").load("train"))
     sq = ((torch.as_tensor(thetas).double()[:, None] - z) ** 2).sum(-1)
     return (1 - b * torch.exp(-sq)).mean(-1).numpy()
 
@@ -97,6 +97,9 @@ def honest_loss(thetas: torch.Tensor | np.ndarray) -> np.ndarray:
 def study(out: Path, aggregators: tuple[str, ...] = tuple(AGGREGATORS), attacks: tuple[str, ...] = ATTACKS,
           rounds: int = 100) -> tuple[Path, list[Trajectory]]:
     """Every cell, ``out/toy2d.csv`` and the figures beside it; the CSV's path and the trajectories."""
+    for aggregator in aggregators:  # every name is checked before anything runs
+        for attack in attacks:
+            settings_for(aggregator, attack, rounds)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for aggregator in aggregators:
