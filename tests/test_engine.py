@@ -123,8 +123,9 @@ def test_a_tau_plan_beats_the_greedy_one_on_its_own_segment_and_is_what_the_run_
     gm = dataclasses.replace(TOY, aggregation="gm", rounds=40)
     rollout = Rollout(Simulation(gm, nodes=3, device="cpu"), 40)
     total = lambda lams: float(rollout.total(lams[None], 0, rollout.start)[0])  # noqa: E731
-    greedy = plan_global(rollout, GlobalSearch(), sweeps=0)
-    planned = plan_global(rollout, GlobalSearch(), sweeps=1)
+    greedy, greedy_total = plan_global(rollout, GlobalSearch(), sweeps=0)
+    planned, planned_total = plan_global(rollout, GlobalSearch(), sweeps=1)
+    assert (greedy_total, planned_total) == pytest.approx((total(greedy), total(planned)), rel=1e-9)
     assert total(planned) > total(greedy) + 2  # 29.09 vs 25.51 seen
     # Played in the real simulation (CM, tau = 10), a plan gives the planned iterates.
     tau = dataclasses.replace(TOY, jump_tau=10)
@@ -134,7 +135,7 @@ def test_a_tau_plan_beats_the_greedy_one_on_its_own_segment_and_is_what_the_run_
     played = [plan.step() for _ in range(10)]
     realised = sum(float(rollout.ahead[j].loss(played[j].update.theta[None])[0]) for j in range(10))
     assert realised == pytest.approx(played[0].metrics["jump-plan-loss"], rel=1e-5)
-    powell = plan_powell(rollout, maxfev=200)  # the paper's solver from lambda = 1 does no better
+    powell, _ = plan_powell(rollout, maxfev=200)  # the paper's solver from lambda = 1 does no better
     assert realised >= float(rollout.total(powell[None], 0, rollout.start)[0]) - 1e-9
     assert all(r.metrics["jump-tau"] == 10 and r.metrics["attack-seconds"] > 0 for r in played)
 

@@ -86,7 +86,7 @@ class Rollout:
             order = list(range(sim.h + sim.f))
             shuffler.shuffle(order)
             loss, _ = honest_loss_oracle(s, sim.h, t, sim.device)
-            self.ahead.append(Ahead(t, s.lr_at(t), torch.tensor(order, device=sim.device), s.aggregator().for_round(t),
+            self.ahead.append(Ahead(t, s.lr_at(t), torch.tensor(order, device=sim.device), sim.rule.for_round(t),
                                     loss, sim.workers.batch(t)))
         self.start = Point(sim.theta[None], None if sim.momenta is None else sim.momenta[None])
 
@@ -124,23 +124,27 @@ class Rollout:
         return self.run(self.jump(plans, first), point.repeat(len(plans)), first, last)[0].sum(1).cpu().numpy()
 
 
-def plan_powell(rollout: Rollout, start: float = 1.0, maxfev: int | None = None) -> np.ndarray:
-    """The paper's solver: scipy's Powell on the window's total loss from ``lambda = start``, unbounded."""
+def plan_powell(rollout: Rollout, start: float = 1.0, maxfev: int | None = None) -> tuple[np.ndarray, float]:
+    """The paper's solver: scipy's Powell on the window's total loss from ``lambda = start``, unbounded; the
+    lambdas and their total."""
 
     def negated(x: np.ndarray) -> float:
         return float(np.clip(-rollout.total(np.atleast_1d(x)[None], 0, rollout.start)[0], -1e300, 1e300))
 
     res = minimize(negated, x0=np.full(len(rollout), start), method="Powell", options={"maxfev": maxfev})
-    return np.atleast_1d(res.x).astype(np.float64)
+    return np.atleast_1d(res.x).astype(np.float64), -float(res.fun)
 
 
-def plan_global(rollout: Rollout, search: GlobalSearch, sweeps: int = 1) -> np.ndarray:
-    """Greedy lambdas, then ``sweeps`` cycles of coordinate ascent on the window's total (module docstring)."""
+def plan_global(rollout: Rollout, search: GlobalSearch, sweeps: int = 1) -> tuple[np.ndarray, float]:
+    """Greedy lambdas, then ``sweeps`` cycles of coordinate ascent on the window's total (module docstring); the
+    lambdas and their total. ``losses`` and ``points`` follow the current plan round by round."""
     lams, point, points = np.zeros(len(rollout)), rollout.start, [rollout.start]
+    losses = torch.zeros(len(rollout), dtype=torch.float64)
     for j in range(len(rollout)):  # greedy: lambda_j maximises the loss right after round j
         lams[j], _ = search(lambda c, j=j, at=point: rollout.total(c[:, None], j, at, j + 1),
                             relative_spread(rollout.honest(point, j)[0][0]))
-        point = rollout.run(rollout.jump(torch.tensor([[lams[j]]]), j), point, j, j + 1)[1][0]
+        after, (point,) = rollout.run(rollout.jump(torch.tensor([[lams[j]]]), j), point, j, j + 1)
+        losses[j] = after[0, 0]
         points.append(point)
     for _ in range(sweeps):
         for j in range(len(rollout)):
@@ -150,10 +154,11 @@ def plan_global(rollout: Rollout, search: GlobalSearch, sweeps: int = 1) -> np.n
                 return rollout.total(plans, j, points[j])
 
             cand, value = search(rest, relative_spread(rollout.honest(points[j], j)[0][0]))
-            if value > rest(np.array([lams[j]]))[0]:
+            if value > float(losses[j:].sum()):
                 lams[j] = cand
-                points[j + 1:] = rollout.run(rollout.jump(torch.as_tensor(lams[j:])[None], j), points[j], j)[1]
-    return lams
+                after, points[j + 1:] = rollout.run(rollout.jump(torch.as_tensor(lams[j:])[None], j), points[j], j)
+                losses[j:] = after[0]
+    return lams, float(losses.sum())
 
 
 class JumpPlanner:
@@ -167,7 +172,8 @@ class JumpPlanner:
         self.queue: list[float] = []
         self.metrics: dict[str, float] = {}
 
-    def plan(self, rollout: Rollout) -> np.ndarray:
+    def plan(self, rollout: Rollout) -> tuple[np.ndarray, float]:
+        """The segment's lambdas and their planned total."""
         if self.search is not None:
             return plan_global(rollout, self.search)
         return plan_powell(rollout, **self.params)  # type: ignore[arg-type]
@@ -176,10 +182,9 @@ class JumpPlanner:
         if not self.queue:
             start = time.perf_counter()
             rollout = Rollout(self.sim, min(self.tau, self.sim.settings.rounds - self.sim.round))
-            lams = self.plan(rollout)
+            lams, total = self.plan(rollout)
             self.queue = lams.tolist()
-            self.metrics = {"jump-tau": float(self.tau), "jump-plan-loss": float(rollout.total(lams[None], 0,
-                                                                                              rollout.start)[0]),
+            self.metrics = {"jump-tau": float(self.tau), "jump-plan-loss": total,
                             "attack-seconds": (time.perf_counter() - start) / len(lams)}
         lam = self.queue.pop(0)
         return self.sim.step(lambda honest: (lam * honest.mean(0), {"jump-lambda": lam, **self.metrics}))
@@ -199,7 +204,7 @@ class SolveP:
 
     def plan(self, rollout: Rollout) -> tuple[Tensor, float, float]:
         """The vectors ``(rounds, d)``, their total loss and the JUMP-T plan's."""
-        lams = plan_global(rollout, GlobalSearch())
+        lams, _ = plan_global(rollout, GlobalSearch())
         losses, points = rollout.run(rollout.jump(torch.as_tensor(lams)[None]), rollout.start)
         points = [rollout.start, *points]
         vectors = torch.stack([lams[j] * rollout.honest(points[j], j)[0][0].mean(0) for j in range(len(rollout))])
@@ -219,10 +224,10 @@ class SolveP:
                 totals = rollout.run(attack, points[j].repeat(len(cands)), j)[0].sum(1)
                 done = float(losses[0, :j].sum())
                 k = int(totals.argmax())
-                if done + float(totals[k]) > best:
+                if done + float(totals[k]) > best:  # rounds before j are unchanged: replay from j only
                     vectors[j] = cands[k]
-                    losses, later = rollout.run(lambda i, wire: vectors[i][None], rollout.start)
-                    points = [rollout.start, *later]
+                    after, points[j + 1:] = rollout.run(lambda i, wire: vectors[i][None], points[j], j)
+                    losses = torch.cat([losses[:, :j], after], dim=1)
                     best = float(losses.sum())
         return vectors, best, start
 
@@ -270,11 +275,12 @@ def check_planning(settings: RunSettings) -> None:
                          "models use attack jump with jump-tau")
 
 
-def planner(settings: RunSettings, sim: Simulation) -> JumpPlanner | SolveP | None:
-    """The planning adversary the settings ask for (``None``: the attack runs round by round)."""
+def planner(settings: RunSettings, sim: Simulation) -> Simulation | JumpPlanner | SolveP:
+    """What steps the run: the planning adversary the settings ask for, else ``sim`` itself (the attack runs
+    round by round)."""
     check_planning(settings)
     if not settings.planning:
-        return None
+        return sim
     if not sim.workers.vectorised:
         raise ValueError(f"attack {settings.attack!r} plans on batched copies of the run, which need equal honest "
                          "batch sizes: every honest partition must hold at least batch-size examples")

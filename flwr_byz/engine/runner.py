@@ -26,7 +26,7 @@ def run(settings: RunSettings, nodes: int = 15, device: torch.device | str | Non
     ``flwr_byz.engine`` logger, one line per evaluated round.
     """
     sim = Simulation(settings, nodes, device)
-    plan = planner(settings, sim)
+    stepper = planner(settings, sim)
     x, y = (t.to(sim.device) for t in test_set(settings))
     log = RunLog(settings)
     start = time.time()
@@ -41,7 +41,7 @@ def run(settings: RunSettings, nodes: int = 15, device: torch.device | str | Non
 
     evaluate(0, {})
     for _ in range(settings.rounds):
-        done = sim.step() if plan is None else plan.step()
+        done = stepper.step()
         if evaluated(settings, done.round):
             evaluate(done.round, done.metrics)
     return log.finish(seconds=round(time.time() - start, 3))

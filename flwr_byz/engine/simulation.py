@@ -66,7 +66,8 @@ class Simulation:
         f = settings.num_byzantine
         if not 0 <= f < nodes:
             raise ValueError(f"num-byzantine={f} needs 0 <= f < nodes={nodes}")
-        settings.aggregator().check(nodes)  # as RobustStrategy does for the n nodes it sends to
+        self.rule = settings.aggregator()
+        self.rule.check(nodes)  # as RobustStrategy does for the n nodes it sends to
         self.settings, self.n, self.f, self.h = settings, nodes, f, nodes - f
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         task, x, y, parts = honest_partitions(settings, self.h)
@@ -108,11 +109,11 @@ class Simulation:
         if self.f and (planned is not None or self.attacks) and bool(valid.any()):
             attack, metrics = self._attack(t, theta, honest.wire[valid], valid, order, gamma, planned)
         replies = list(honest.wire.unbind(0)) + ([] if attack is None else list(attack.unbind(0)))
-        stack = torch.stack([replies[i] for i in order if i < len(replies)])
-        update = robust_update(theta, stack, s.server_lr * gamma,
-                               lambda excluded: rule_after(s.aggregator(), excluded, s.aggregation_kwargs, t))
+        arrived = [i for i in order if i < len(replies)]
+        update = robust_update(theta, torch.stack([replies[i] for i in arrived]), s.server_lr * gamma,
+                               lambda excluded: rule_after(self.rule, excluded, s.aggregation_kwargs, t))
         if update.theta is not None:
-            self._move(update, honest, [i for i in order if i < len(replies)])
+            self._move(update, honest, arrived)
         else:
             logger.warning("Round %d: keeping the old model: %s", t, update.reason)
         if self.f and attack is None and self.settings.attack != "none":
@@ -143,30 +144,31 @@ class Simulation:
         h_valid = len(honest)
         ctx_order = [int(rows[i]) if i < self.h else h_valid + i - self.h for i in order
                      if i >= self.h or bool(valid[i])]
-        if planned is not None:
+        if planned is not None:  # its metrics carry its own attack-seconds (planning time)
             vector, metrics = planned(honest)
             vectors = vector.expand(self.f, -1)
-        else:  # a shared attack runs on the leader only
+        else:  # a shared attack runs on the leader only; attack-seconds is the leader's own time, as in Flower
             first = self._node_attack(0, t, theta, honest, ctx_order, gamma)
-            metrics = {"attack-seconds": time.perf_counter() - start, **self.attacks[0].metrics}  # the leader's own
+            metrics = {"attack-seconds": time.perf_counter() - start, **self.attacks[0].metrics}
             vectors = torch.stack([first] + [self._node_attack(j, t, theta, honest, ctx_order, gamma)
                                              for j in range(1, len(self.attacks))]).expand(self.f, -1)
-        sent = torch.stack([self.layout.flatten(self.layout.unflatten(row), theta.dtype) for row in theta - gamma * vectors])
-        return (theta - sent) / gamma, {"attack-seconds": time.perf_counter() - start, **metrics}
+        sent = torch.stack([self.layout.flatten(self.layout.unflatten(row), theta.dtype)  # the model, read back
+                            for row in theta - gamma * vectors])
+        return (theta - sent) / gamma, metrics
 
     def _node_attack(self, j: int, t: int, theta: Tensor, honest: Tensor, order: list[int], gamma: float) -> Tensor:
         """Byzantine node ``h + j``'s vector, from the context its ClientApp builds."""
         s, attack, pid = self.settings, self.attacks[j], self.h + j
         losses = honest_loss_oracle(s, self.h, t, self.device) if attack.name == "jump" else (None, None)
         ctx = AttackContext(
-            n=len(honest) + self.f, f=self.f, aggregator=s.aggregator().for_round(t), lr=gamma * s.server_lr,
+            n=len(honest) + self.f, f=self.f, aggregator=self.rule.for_round(t), lr=gamma * s.server_lr,
             params=theta, honest_loss=losses[0], screening_loss=losses[1],
-            flipped=self._flipped(j, t, gamma) if attack.name == "lf" else None,
+            flipped=self._flipped(j, t, theta, gamma) if attack.name == "lf" else None,
             generator=seeded_generator(s.seed, t, pid, "attack"), order=torch.tensor(order, device=theta.device),
         )
         return attack(honest, ctx)
 
-    def _flipped(self, j: int, t: int, gamma: float) -> Tensor:
+    def _flipped(self, j: int, t: int, theta: Tensor, gamma: float) -> Tensor:
         """LF: node ``h + j``'s honest pipeline on partition ``j mod h`` with labels ``c - 1 - y``."""
         x, y = self.workers.shards[j % self.h]
         self.model.load_state_dict(self.state)
@@ -174,13 +176,10 @@ class Simulation:
                              self.settings.worker(), self.settings.seed, self.h + j, t)
         self.flipped_momenta[j] = result.momentum
         sent = stepped(self.model, self.state, result.momentum, gamma)
-        return (self.theta - self.layout.flatten(sent)) / gamma
+        return (theta - self.layout.flatten(sent)) / gamma
 
 
 def _weighted_mean(values: list[float], weights: list[int]) -> float:
     """Flower's ``aggregate_metricrecords``: ``sum_i v_i * (w_i / sum w)``, in that order."""
     total = sum(weights)
-    out = 0.0
-    for i, (v, w) in enumerate(zip(values, weights, strict=True)):
-        out = v * (w / total) if i == 0 else out + v * (w / total)
-    return out
+    return sum(v * (w / total) for v, w in zip(values, weights, strict=True))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,15 +73,13 @@ def settings_for(aggregator: str, attack: str, rounds: int = 100) -> RunSettings
 
 def trajectory(aggregator: str, attack: str, rounds: int = 100) -> Trajectory:
     """Run one cell of the study and record its iterates."""
-    import time
-
     settings = settings_for(aggregator, attack, rounds)
     start = time.perf_counter()
     sim = Simulation(settings, nodes=3, device="cpu")
-    plan = planner(settings, sim)
+    stepper = planner(settings, sim)
     thetas = [sim.theta]
     for _ in range(rounds):
-        (plan.step() if plan is not None else sim.step())
+        stepper.step()
         thetas.append(sim.theta)
     stacked = torch.stack(thetas)
     losses = honest_loss(stacked)
