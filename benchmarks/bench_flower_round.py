@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import statistics
 import tempfile
 import threading
 import time
@@ -127,9 +128,10 @@ def compute_per_round(settings: RunSettings, nodes: int, rounds: int = 3) -> flo
     return steps / min(os.cpu_count() or 1, h) + (time.perf_counter() - start) / rounds
 
 
-def wall_per_round(launcher: FlowerLauncher, config: dict, nodes: int, tmp: str) -> tuple[float, int, float]:
-    """Seconds per round (rounds 2..R, from the results file), peak PSS of one `flwr run` and the
-    Byzantine leader's mean ``attack-seconds`` (its own wall time for the attack) over those rounds."""
+def wall_per_round(launcher: FlowerLauncher, config: dict, nodes: int, tmp: str) -> tuple[float, float, int, float]:
+    """Seconds per round (mean and median over rounds 2..R, from the results file), peak PSS of one
+    `flwr run` and the Byzantine leader's mean ``attack-seconds`` (its own wall time for the attack)
+    over those rounds. The median leaves out one-off costs (a worker compiling a kernel on first use)."""
     settings = RunSettings.from_run_config({**config, "results-dir": tmp})
     with PeakMemory(launcher.home) as memory:
         outcome = launcher.run(APP, settings.to_run_config(), num_supernodes=nodes)
@@ -139,7 +141,8 @@ def wall_per_round(launcher: FlowerLauncher, config: dict, nodes: int, tmp: str)
     elapsed = {row["round"]: row["elapsed"] for row in rows}
     attack = [row["attack-seconds"] for row in rows if row["round"] > 1 and "attack-seconds" in row]
     wall = (elapsed[settings.rounds] - elapsed[1]) / (settings.rounds - 1)
-    return wall, memory.peak, sum(attack) / len(attack) if attack else 0.0
+    median = statistics.median(elapsed[r] - elapsed[r - 1] for r in range(2, settings.rounds + 1))
+    return wall, median, memory.peak, sum(attack) / len(attack) if attack else 0.0
 
 
 def main() -> None:
@@ -167,10 +170,12 @@ def main() -> None:
         compute = compute_per_round(settings, args.honest + fs[0])
     print(f"{args.task}{' (generated data)' if args.generated_data else ''}, {args.aggregation}, {args.honest} "
           f"honest nodes, CPU, torch threads {torch.get_num_threads()}, {args.rounds} rounds per run")
-    print(f"{'f':>3}  {'attack':<10}{'wall/round':>12}{'x ' + attacks[0]:>10}{'peak PSS':>12}{'attack node':>13}")
-    for (f, attack), (wall, peak, node) in runs.items():
-        print(f"{f:>3}  {attack:<10}{wall * 1000:>9.0f} ms{wall / runs[f, attacks[0]][0]:>10.2f}"
-              f"{peak / 2**20:>8.0f} MiB{node * 1000:>10.0f} ms")
+    print(f"{'f':>3}  {'attack':<10}{'wall/round':>12}{'x ' + attacks[0]:>10}{'median':>10}{'x ' + attacks[0]:>10}"
+          f"{'peak PSS':>12}{'attack node':>13}")
+    for (f, attack), (wall, median, peak, node) in runs.items():
+        base_wall, base_median = runs[f, attacks[0]][:2]
+        print(f"{f:>3}  {attack:<10}{wall * 1000:>9.0f} ms{wall / base_wall:>10.2f}{median * 1000:>7.0f} ms"
+              f"{median / base_median:>10.2f}{peak / 2**20:>8.0f} MiB{node * 1000:>10.0f} ms")
     wall = runs[fs[0], attacks[0]][0]
     print(f"\nf={fs[0]}, {attacks[0]}: compute {compute * 1000:.0f} ms per round (honest steps over {os.cpu_count()} "
           f"cores + aggregation, no Flower), framework overhead {(wall - compute) * 1000:.0f} ms = "

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import statistics
 import time
 from collections.abc import Callable
@@ -42,7 +43,9 @@ from torch import Tensor
 from torch.func import functional_call
 
 from flwr_byz.attacks import get_attack, span
-from flwr_byz.attacks.span import span_aggregation
+from flwr_byz.aggregation import sorting
+from flwr_byz.attacks.jump import fingerprint
+from flwr_byz.attacks.span import orthonormal_span, span_aggregation
 from flwr_byz.tasks.nodes import honest_partitions
 from flwr_byz.config import RunSettings
 from flwr_byz.experiments.replay import RecordedRound, attack_context, simulate
@@ -78,6 +81,7 @@ VARIANTS: dict[str, Variant] = {
     "+search-r4s2": Variant({**TODAY, "rounds": 4, "splits": 2, "finalists": 2}, sampled(512, 64)),
     "+piece-ends": Variant({"rounds": 4, "splits": 2, "finalists": 2}, sampled(512, 64)),
     "+bf16-screen": Variant({"rounds": 4, "splits": 2, "finalists": 2}, sampled(512, 64, "bfloat16")),
+    "+finalists-2@256": Variant({"rounds": 4, "splits": 2, "finalists": 2}, sampled(256, 64)),
     "sample-64": Variant({"rounds": 4, "splits": 2}, sampled(64)),
     "default": Variant(),
 }
@@ -154,9 +158,25 @@ def exact_levers(settings: RunSettings, state: RecordedRound, threads: int) -> N
         finally:
             span.BLOCK = block
 
-    rows = [("honest loss, 1 candidate x 1020 examples", vmap_loss, lambda: task.batched_loss(model, flat, x[idx], y[idx]))]
+    def eager_network() -> Tensor:  # the selection network as one min/max pass over memory per comparator
+        fuse, sorting.FUSE_MIN_NUMEL = sorting.FUSE_MIN_NUMEL, 2**62
+        try:
+            return fast_span(lams)
+        finally:
+            sorting.FUSE_MIN_NUMEL = fuse
+
+    def householder() -> Tensor:  # the span's basis before: float64 Householder QR
+        return torch.linalg.qr(state.honest.double().T)[0]
+
+    aggregates = fast_span(lams) if fast_span is not None else state.honest
+    rows = [("honest loss, 1 candidate x 1020 examples", vmap_loss, lambda: task.batched_loss(model, flat, x[idx], y[idx])),
+            ("span basis (Householder -> Cholesky QR)", householder, lambda: orthonormal_span(state.honest)),
+            (f"dedup keys of {len(aggregates)} aggregates (SHA-256 -> fingerprint)",
+             lambda: [hashlib.sha256(a.numpy().tobytes()).digest() for a in aggregates],
+             lambda: [fingerprint(a) for a in aggregates])]
     if fast_span is not None and type(settings.aggregator().rule).__name__ in ("CoordinateMedian", "TrimmedMean"):
         rows.append((f"{settings.aggregation} aggregates of 20 lambdas", whole_rows, lambda: fast_span(lams)))
+        rows.append(("  its selection network (eager -> compiled)", eager_network, lambda: fast_span(lams)))
     print(f"\nexact levers ({threads} thread(s)): before -> after")
     for label, old, new in rows:
         times = [min(timed(fn) for _ in range(3)) for fn in (old, new)]

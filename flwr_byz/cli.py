@@ -14,6 +14,8 @@ from pathlib import Path
 from .config import RunSettings
 from .engine import run as run_in_process
 from .engine.planning import check_planning
+from .experiments import executor, store, tables
+from .experiments import sweep as sweep_spec
 from .experiments import toy2d as toy2d_study
 from .experiments import tradeoff as tradeoff_study
 from .experiments.flower import FlowerLauncher
@@ -147,13 +149,38 @@ def data(args: argparse.Namespace) -> int:
     return 0
 
 
+def sweep(args: argparse.Namespace) -> int:
+    out = Path(args.out or Path("results") / Path(args.spec).stem).resolve()
+    overrides = {k: sweep_spec.toml_value(v) for k, v in parse_overrides(args.set).items()}
+    spec = sweep_spec.load(args.spec, results_dir=out, overrides=overrides)  # every run is checked before any runs
+    if args.executor:
+        spec = sweep_spec.with_executor(spec, args.executor)
+    todo, _ = executor.plan(spec, args.retry_failed)
+    print(f"sweep {spec.name}: {len(spec.runs)} runs via {spec.executor}, {len(todo)} to run now -> {out}")
+    outcome = executor.run_sweep(spec, retry_failed=args.retry_failed, address=args.address,
+                                 cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+    print(f"finished now {len(outcome.finished)}, already finished {len(outcome.skipped)}, "
+          f"failed {len(outcome.failed)}" + (f", failed before (not retried: add --retry-failed) "
+                                             f"{len(outcome.failed_before)}" if outcome.failed_before else ""))
+    for settings in outcome.failed:
+        print(f"  failed: {settings.name} -> {store.failure_path(settings)}", file=sys.stderr)
+    if args.report and (outcome.finished or outcome.skipped):
+        text, paths = tables.report(store.finished_runs(out), out / "report", args.metric)
+        print(f"\n{text}\n\nreport: {out / 'report'} ({len(paths)} files)")
+    return 1 if outcome.failed else 0
+
+
+def export(args: argparse.Namespace) -> int:
+    path, runs = store.export(args.results, args.out or Path(args.results) / "results.csv")
+    print(f"{path}: {runs} runs")
+    return 0
+
+
 def report(args: argparse.Namespace) -> int:
-    paths = sorted(p for item in args.paths for p in (Path(item).glob("*.jsonl") if Path(item).is_dir() else [Path(item)]))
-    if not paths:
-        raise SystemExit("no results files (*.jsonl) found")
-    print(format_table([summary_row(p) for p in paths]))
-    if args.plot:
-        print(f"plot: {plot_accuracy(paths, Path(args.plot))}")
+    out = Path(args.out or Path(args.results) / "report")
+    text, paths = tables.report(store.finished_runs(args.results), out, args.metric)
+    print(text)
+    print("\n" + "\n".join(str(p) for p in paths))
     return 0
 
 
@@ -202,9 +229,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="use torchvision's downloader (needs internet)")
     p.set_defaults(run=data)
 
-    p = sub.add_parser("report", help="table (and plot) of results files or folders")
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--plot", default=None, help="write an accuracy-vs-round PNG here")
+    p = sub.add_parser("sweep", help="run a TOML grid of runs (engine runs as Ray tasks); resumes where it stopped")
+    p.add_argument("spec", help="sweep spec, e.g. simulations/paper/sweeps/smoke.toml")
+    p.add_argument("--out", default=None, help="results store (default: results/<spec name>)")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster (default: start a local one)")
+    p.add_argument("--cpus-per-run", type=float, default=1.0)
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPU fraction each engine run requests")
+    p.add_argument("--retry-failed", action="store_true", help="rerun only the runs recorded as failed")
+    p.add_argument("--executor", choices=sweep_spec.EXECUTORS, default=None, help="override the spec's executor")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="replace grid keys, TOML values: rounds=100 'seed=[1,2]'")
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the report (tables, figures) of the store afterwards")
+    p.add_argument("--metric", choices=tables.METRICS, default="max")
+    p.set_defaults(run=sweep)
+
+    p = sub.add_parser("export", help="one tidy CSV of a results store: a row per run and evaluated round")
+    p.add_argument("results", help="results folder")
+    p.add_argument("--out", default=None, help="CSV path (default: RESULTS/results.csv)")
+    p.set_defaults(run=export)
+
+    p = sub.add_parser("report", help="the paper's tables and figures from a results folder")
+    p.add_argument("results", help="results folder")
+    p.add_argument("--metric", choices=tables.METRICS, default="max",
+                   help="a run's accuracy: its maximum over evaluated rounds (the paper's) or its final one")
+    p.add_argument("--out", default=None, help="folder for the tables and figures (default: RESULTS/report)")
     p.set_defaults(run=report)
     return parser
 

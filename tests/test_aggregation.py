@@ -1,9 +1,12 @@
 """Aggregation rules and pre-aggregators: hand-worked values, properties, preconditions."""
 
+import math
+
 import pytest
 import torch
 
-from flwr_byz.aggregation import RULES, get_aggregator, pairwise_sq_distances
+from flwr_byz.aggregation import RULES, get_aggregator, pairwise_sq_distances, sorting
+from flwr_byz.aggregation.sorting import order_statistics
 
 ROBUST_SPECS = ["mean", "cm", "tm", "gm", "krum", "multikrum", "bulyan", "cc", "nnm+cm", "nnm+tm", "nnm+gm",
                 "nnm+krum", "nnm+bulyan", "clipping+cm"]
@@ -270,3 +273,22 @@ def test_bad_inputs_fail_clearly():
 
 def test_spec_is_normalised():
     assert get_aggregator(" NNM + GM ", 1).spec == "nnm+gm"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_selection_network_is_exact_on_adversarial_rows(dtype: torch.dtype) -> None:
+    # Rows large enough for the compiled network (CPU): exact ties across all rows, +-inf, +-finfo.max and
+    # signed zeros; every selected rank equals torch.sort's bit for bit, as the eager network's does.
+    n, ranks = 12, (0, 4, 7, 11)
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.randn(n, sorting.FUSE_MIN_NUMEL + 5, generator=gen, dtype=dtype)
+    rows[:, ::3] = rows[0, ::3].clone()
+    big = torch.finfo(dtype).max
+    rows[2, 1::7], rows[5, 2::11], rows[7, 1::13], rows[9, 2::17] = math.inf, -math.inf, big, -big
+    rows[3, 1::19], rows[6, 1::19] = 0.0, -0.0
+    expected = rows.sort(dim=0).values
+    compiled = order_statistics(rows.unbind(0), ranks)
+    assert sorting._fusion_works and sorting._compiled.cache_info().currsize > 0  # the compiled path ran
+    eager = dict(zip(ranks, sorting._selection(n, ranks)(*rows.unbind(0)), strict=True))
+    for r in ranks:
+        assert torch.equal(compiled[r], expected[r]) and torch.equal(eager[r], expected[r])

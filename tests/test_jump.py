@@ -14,7 +14,9 @@ from flwr_byz.aggregation import get_aggregator
 from flwr_byz.attacks import AttackContext, GlobalSearch, JumpObjective, Powell, get_attack
 from flwr_byz.attacks import span
 from flwr_byz.aggregation.nnm import nearest_neighbours
-from flwr_byz.attacks.span import sort_rows, span_aggregation
+from flwr_byz.aggregation.sorting import order_statistics
+from flwr_byz.attacks.jump import FINGERPRINT_STRIDE, fingerprint
+from flwr_byz.attacks.span import orthonormal_span, span_aggregation
 
 Loss = Callable[[Tensor], Tensor]
 
@@ -184,6 +186,24 @@ def test_span_aggregation_matches_the_rule_on_every_candidate(
         assert torch.allclose(out, expected, rtol=1e-9, atol=1e-9 * float(honest.abs().max()))
 
 
+@pytest.mark.parametrize("case", ["random", "ill-conditioned", "duplicate row", "float32"])
+def test_orthonormal_span_reconstructs_the_honest_vectors(case: str) -> None:
+    # C B = H and B B^T = I to float64 rounding, whichever factorisation runs: Cholesky QR on the
+    # well-conditioned stacks, Householder where cond(H) = 1e5 would leave Cholesky QR off by ~1e-6.
+    gen = torch.Generator().manual_seed(5)
+    honest = torch.randn(12, 3000, generator=gen, dtype=torch.float64)
+    if case == "ill-conditioned":
+        honest[11] = honest[10] + 1e-5 * honest[11]
+    elif case == "duplicate row":
+        honest[4] = honest[1]
+    elif case == "float32":
+        honest = honest.float()
+    basis, coords = orthonormal_span(honest)
+    assert basis.dtype == coords.dtype == torch.float64
+    assert torch.allclose(basis @ basis.T, torch.eye(len(basis), dtype=torch.float64), rtol=0, atol=1e-12)
+    assert torch.allclose(coords @ basis, honest.double(), rtol=0, atol=1e-12 * float(honest.abs().max()))
+
+
 def test_span_aggregation_falls_back_for_other_aggregators() -> None:
     honest = torch.randn(6, 4, dtype=torch.float64)
     others = [get_aggregator("bucketing+cm", f=2), get_aggregator("gm", f=2, start="median"), lambda x: x.mean(-2)]
@@ -217,7 +237,7 @@ def test_equal_aggregates_are_scored_once() -> None:
 def test_sorting_network_sorts_every_zero_one_input(n: int) -> None:
     # The 0-1 principle: a comparator network that sorts all 2^n inputs of 0s and 1s sorts every input.
     bits = ((torch.arange(2**n)[:, None] >> torch.arange(n)) & 1).double()
-    out = torch.stack(sort_rows(list(bits.T)))
+    out = torch.stack(list(order_statistics(bits.T, range(n)).values()))
     assert bool((out[1:] >= out[:-1]).all()) and torch.equal(out.sum(0), bits.sum(1))
 
 
@@ -272,14 +292,16 @@ def test_2d_global_jump_resists_jumps_over_the_minimum_and_escapes() -> None:
 
 @pytest.mark.parametrize("spec", ["cm", "tm", "nnm+cm", "nnm+tm", "clipping+nnm+cm"])
 def test_blocked_coordinate_rules_are_exact_with_ties_and_saturation(spec: str, monkeypatch) -> None:
-    # Blocks of 16 of d = 40 coordinates (two full, one partial); integer-valued honest vectors with a
-    # duplicated row: exact ties among honest values, and with the copies at lambda = +-9 (9 gbar is
-    # integer); far lambdas where CM/TM saturate. The fast path must equal the batched rule to rounding.
-    # (lambda = 0 is left out for NNM: clipped rows tie in distance with a zero copy, and a tie of
-    # distances in R^d need not be one in rounded span coordinates.)
+    # Blocks of 16 of d = 40 coordinates (two full, one partial); integer-valued honest coordinates 1..39
+    # and a duplicated row: exact ties among honest values, and with the copies at lambda = +-9 (9 gbar
+    # is integer); far lambdas where CM/TM saturate. The fast path must equal the batched rule to rounding.
+    # Distances must not tie at NNM's cut: a tie of distances in R^d need not be one in rounded span
+    # coordinates (which side wins then depends on the machine's rounding), so coordinate 0 separates the
+    # rows' distances (lambda = 0 is left out for NNM: clipped rows tie in distance with a zero copy).
     monkeypatch.setattr(span, "BLOCK", 16)
     gen, f, d = torch.Generator().manual_seed(7), 3, 40
     honest = torch.randint(-2, 3, (9, d), generator=gen).double()
+    honest[:, 0] += torch.arange(9, dtype=torch.float64) * 2**-6
     honest[4] = honest[1]
     aggregator = get_aggregator(spec, f=f, **({"c": 6.0} if spec.startswith("clipping") else {}))
     lams = torch.tensor([-1e6, -50.0, -9.0, -1.0, 0.5, 1.0, 2.0, 4.5, 9.0, 50.0, 1e6], dtype=torch.float64)
@@ -302,7 +324,26 @@ def test_repeated_aggregates_are_scored_once_across_calls() -> None:
     second = phi(np.array([1e7, 0.5, -1e6]))  # 1e7 and 0.5 were seen (1e7 as the same saturated aggregate)
     assert calls == [2, 1] and (phi.evals, phi.losses, phi.calls) == (5, 3, 2)
     assert second[0] == first[1] and second[1] == first[0]
-    assert [s.lam for s in phi.scored.values()] == [0.5, 1e6, -1e6]  # smallest |lambda| per aggregate
+    assert sorted(s.lam for same in phi.scored.values() for s in same) == [-1e6, 0.5, 1e6]  # smallest |lambda| each
+
+
+def test_aggregates_sharing_a_fingerprint_are_told_apart() -> None:
+    # The rule's aggregate differs between signs of lambda only in entry 1, which the fingerprint does not
+    # sample: two fingerprints-equal, distinct aggregates, each scored once and with its own value.
+    d = 3 * FINGERPRINT_STRIDE
+
+    def rule(x: Tensor) -> Tensor:
+        out = torch.zeros(x.shape[:-2] + x.shape[-1:], dtype=x.dtype)
+        out[..., 1] = (x[..., -1, 0] > 0).to(x.dtype)
+        return out
+
+    honest = torch.ones(4, d, dtype=torch.float64)
+    ctx = AttackContext(n=5, f=1, aggregator=rule, lr=1.0, params=torch.zeros(d, dtype=torch.float64),
+                        honest_loss=lambda t: t[:, 1] - t[:, 0])
+    phi = JumpObjective(honest, ctx, 2**20)
+    values = phi(np.array([1.0, -1.0, 2.0, -2.0]))
+    assert fingerprint(rule(torch.ones(1, 5, d))[0]) == fingerprint(rule(-torch.ones(1, 5, d))[0])
+    assert phi.losses == 2 and values.tolist() == [-1.0, 0.0, -1.0, 0.0]
 
 
 def mean_rule_problem(lam0: float, n: int = 8, f: int = 3, lr: float = 0.5) -> tuple[Tensor, AttackContext, Loss]:

@@ -3,7 +3,7 @@
 from torch import Tensor
 
 from .base import Rule
-from .sorting import sort_rows
+from .sorting import order_statistics
 
 
 class CoordinateMedian(Rule):
@@ -21,7 +21,7 @@ class CoordinateMedian(Rule):
     def _apply(self, x: Tensor) -> Tensor:
         n = x.shape[-2]
         middle = (n // 2,) if n % 2 else (n // 2 - 1, n // 2)
-        rows = sort_rows(list(x.unbind(-2)), middle)
+        rows = order_statistics(x.unbind(-2), middle)
         return rows[n // 2] if n % 2 else (rows[n // 2 - 1] + rows[n // 2]) / 2
 
 

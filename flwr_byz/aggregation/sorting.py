@@ -1,29 +1,70 @@
-"""Elementwise sorting of a few equally shaped tensors by a comparator network.
+"""Order statistics of a few equally shaped tensors, elementwise, by a comparator network.
 
 Sorting ``n`` vectors coordinate-wise with ``torch.sort`` along a short axis is slow on
 CPU and allocates int64 indices; Batcher's odd-even merge network does it with
 ``O(n log^2 n)`` elementwise ``min``/``max`` over whole rows, and pruning the
 comparators that cannot reach the wanted output ranks turns it into a selection network.
+On large CPU tensors the network is compiled (``torch.compile``) into one fused loop that
+reads each input once and keeps every comparator in registers: 6-12x faster than one
+``min``/``max`` pass over memory per comparator (``n = 12``, two ranks, 1 thread), and
+bit-identical, since ``min`` and ``max`` round nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
 import torch
 from torch import Tensor
 
+FUSE_MIN_NUMEL = 2**16  # rows at least this large (on CPU) go through the compiled network by default
+log = logging.getLogger(__name__)
+_fusion_works = True  # False once compiling failed in this process
 
-def sort_rows(rows: list[Tensor], ranks: Iterable[int] | None = None) -> list[Tensor]:
-    """Sort equally shaped tensors elementwise: ``out[0] <= ... <= out[-1]`` everywhere.
 
-    With ``ranks`` only ``out[r]`` for ``r`` in ``ranks`` are guaranteed (fewer comparators).
-    """
-    network = merge_network(len(rows)) if ranks is None else selection_network(len(rows), tuple(sorted(ranks)))
-    for a, b in network:
-        rows[a], rows[b] = torch.minimum(rows[a], rows[b]), torch.maximum(rows[a], rows[b])
-    return rows
+def order_statistics(rows: Sequence[Tensor], ranks: Iterable[int], fuse: bool | None = None) -> dict[int, Tensor]:
+    """``{r: out[r]}`` for the elementwise sort ``out[0] <= ... <= out[n-1]`` of equally shaped ``rows``
+    (0-based ranks; ``rows`` is not modified). Only the comparators that reach ``ranks`` run. ``fuse``: use the
+    compiled network on CPU (default: for rows of at least ``FUSE_MIN_NUMEL`` entries, where it repays the
+    seconds a process spends compiling it once)."""
+    ranks = tuple(sorted(set(ranks)))
+    if not ranks:
+        return {}
+    if not 0 <= ranks[0] <= ranks[-1] < len(rows):
+        raise ValueError(f"ranks must lie in [0, {len(rows)}), got {ranks}")
+    global _fusion_works
+    if fuse is None:
+        fuse = rows[0].numel() >= FUSE_MIN_NUMEL
+    if fuse and _fusion_works and rows[0].device.type == "cpu":
+        try:
+            return dict(zip(ranks, _compiled(len(rows), ranks)(*rows), strict=True))
+        except Exception as error:  # no C++ compiler, an unsupported platform: the eager network is exact too
+            _fusion_works = False
+            log.warning("compiled selection network unavailable (%s: %s); using the eager one for this process",
+                        type(error).__name__, error)
+    return dict(zip(ranks, _selection(len(rows), ranks)(*rows), strict=True))
+
+
+@cache
+def _selection(n: int, ranks: tuple[int, ...]) -> Callable[..., tuple[Tensor, ...]]:
+    """The selection network of ``ranks`` as straight-line elementwise ``min``/``max``."""
+    network = selection_network(n, ranks)
+
+    def select(*rows: Tensor) -> tuple[Tensor, ...]:
+        wires = list(rows)
+        for a, b in network:
+            wires[a], wires[b] = torch.minimum(wires[a], wires[b]), torch.maximum(wires[a], wires[b])
+        return tuple(wires[r] for r in ranks)
+
+    return select
+
+
+@cache
+def _compiled(n: int, ranks: tuple[int, ...]) -> Callable[..., tuple[Tensor, ...]]:
+    """:func:`_selection` compiled with dynamic shapes (compiled on first call, once per dtype)."""
+    return torch.compile(_selection(n, ranks), dynamic=True, fullgraph=True)
 
 
 @cache

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from .base import Rule
-from .sorting import sort_rows
+from .sorting import order_statistics
 
 
 class TrimmedMean(Rule):
@@ -24,5 +24,5 @@ class TrimmedMean(Rule):
         if self.f == 0:
             return x.mean(dim=-2)
         n = x.shape[-2]
-        kept = sort_rows(list(x.unbind(-2)), range(self.f, n - self.f))[self.f : n - self.f]
-        return torch.stack(kept, dim=-2).mean(dim=-2)
+        kept = order_statistics(x.unbind(-2), range(self.f, n - self.f))
+        return torch.stack(list(kept.values()), dim=-2).mean(dim=-2)

@@ -24,14 +24,29 @@ def relative_spread(honest: Tensor) -> float:
     return float((honest - gbar).norm(dim=1).max()) / norm if norm > 0 else math.inf
 
 
+FINGERPRINT_STRIDE = 64  # an aggregate's fingerprint hashes every 64th entry; equal fingerprints are compared whole
+
+
 @dataclass
 class Scored:
     """One distinct candidate aggregate: the smallest ``|lambda|`` giving it, its screened value
     (``phi``) and, once computed, its value under the full honest loss."""
 
     lam: float
-    value: float
+    aggregate: Tensor
+    value: float = math.nan
     full: float | None = None
+
+
+def bits(t: Tensor) -> Tensor:
+    """``t``'s bytes as integers of its element size: equal iff ``t`` is equal byte for byte."""
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def fingerprint(aggregate: Tensor) -> bytes:
+    """SHA-256 of every ``FINGERPRINT_STRIDE``-th entry's bytes: equal aggregates share it; distinct ones
+    sharing it are told apart by comparing all their bytes (``JumpObjective``)."""
+    return hashlib.sha256(aggregate[::FINGERPRINT_STRIDE].cpu().numpy().tobytes()).digest()
 
 
 class JumpObjective:
@@ -42,9 +57,9 @@ class JumpObjective:
     ``span``), else by one call of the batched rule on the candidate stacks
     ``(k, n, d)`` (honest rows, then ``f`` copies of ``lambda * gbar``, in ``ctx.order``), ``k``
     chunked so that one call materialises at most ``max_batch_elems`` entries.
-    Each distinct aggregate is scored once per step: aggregates are keyed by a
-    SHA-256 digest of their bytes, within and across calls (saturated rules
-    give one aggregate for many lambdas; refinements revisit them). Scoring uses
+    Each distinct aggregate (byte for byte) is scored once per step, within and across
+    calls (saturated rules give one aggregate for many lambdas; refinements revisit
+    them): aggregates are kept, indexed by a :func:`fingerprint` of a strided sample. Scoring uses
     ``ctx.screening_loss`` when given (a cheaper estimate of ``L_H``: a sub-sample,
     reduced precision), else ``ctx.honest_loss``; :meth:`best` rescores the best
     screened aggregates with ``L_H``. NaN losses count as ``-inf``.
@@ -70,7 +85,7 @@ class JumpObjective:
         rows = 2 if self.span is not None else ctx.n  # (k, rows, d) entries per call: aggregates and their update
         self.chunk = max(1, max_batch_elems // (rows * honest.shape[1]))
         self.spread = relative_spread(honest)
-        self.scored: dict[bytes, Scored] = {}
+        self.scored: dict[bytes, list[Scored]] = {}  # by fingerprint
         self.evals = 0
         self.calls = 0
         self.finalists = 0
@@ -78,7 +93,7 @@ class JumpObjective:
     @property
     def losses(self) -> int:
         """Distinct aggregates scored so far."""
-        return len(self.scored)
+        return sum(map(len, self.scored.values()))
 
     def __call__(self, lams: np.ndarray) -> np.ndarray:
         lams = np.asarray(lams, dtype=np.float64)
@@ -92,13 +107,13 @@ class JumpObjective:
         With a screening loss, the ``finalists`` best screened aggregates are rescored
         with ``L_H`` and the best of those wins; otherwise the screened value is ``L_H``.
         """
-        ranked = sorted(self.scored.values(), key=lambda s: (-s.value, abs(s.lam)))
+        ranked = sorted((s for same in self.scored.values() for s in same), key=lambda s: (-s.value, abs(s.lam)))
         if self.screen is None:
             return ranked[0].lam, ranked[0].value
         top = ranked[:finalists]
         todo = [s for s in top if s.full is None]
         if todo:
-            values = self._losses(self._aggregate(torch.tensor([s.lam for s in todo], dtype=torch.float64)), self.loss)
+            values = self._losses(torch.stack([s.aggregate for s in todo]), self.loss)
             for s, value in zip(todo, values, strict=True):
                 s.full = float(value)
             self.finalists += len(todo)
@@ -117,7 +132,7 @@ class JumpObjective:
     def _losses(self, aggregates: Tensor, loss: HonestLoss) -> np.ndarray:
         """``loss(theta - lr * a)`` of each aggregate row, NaN as ``-inf``, as float64."""
         with torch.no_grad():
-            values = loss(self.params - self.lr * aggregates)
+            values = loss(torch.add(self.params, aggregates, alpha=-self.lr))
         if values.shape != (len(aggregates),):
             raise ValueError(
                 f"jump: honest_loss must map (k, d) -> (k,), got {tuple(values.shape)} for k={len(aggregates)}"
@@ -128,18 +143,25 @@ class JumpObjective:
     def _score(self, lams: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             aggregates = self._aggregate(torch.as_tensor(lams))
-        keys = [hashlib.sha256(row.cpu().numpy().tobytes()).digest() for row in aggregates]
-        new = {key: i for i, key in enumerate(keys) if key not in self.scored}
+        entries: list[Scored] = []
+        new: list[Scored] = []
+        for lam, aggregate in zip(lams.tolist(), aggregates, strict=True):
+            same = self.scored.setdefault(fingerprint(aggregate), [])
+            entry = next((s for s in same if torch.equal(bits(s.aggregate), bits(aggregate))), None)
+            if entry is None:
+                entry = Scored(lam, aggregate)
+                same.append(entry)
+                new.append(entry)
+            elif abs(lam) < abs(entry.lam):
+                entry.lam = lam
+            entries.append(entry)
         if new:
-            rows = aggregates[torch.tensor(list(new.values()), device=aggregates.device)]
+            rows = aggregates if len(new) == len(aggregates) else torch.stack([s.aggregate for s in new])
             values = self._losses(rows, self.screen or self.loss)
             self.calls += 1
-            for (key, i), value in zip(new.items(), values, strict=True):
-                self.scored[key] = Scored(float(lams[i]), float(value))
-        for key, lam in zip(keys, lams, strict=True):
-            if abs(lam) < abs(self.scored[key].lam):
-                self.scored[key].lam = float(lam)
-        return np.array([self.scored[key].value for key in keys])
+            for s, value in zip(new, values, strict=True):
+                s.value = float(value)
+        return np.array([s.value for s in entries])
 
 
 class Jump(Attack):

@@ -1,15 +1,15 @@
 """JUMP's candidate aggregates computed in the span of the honest vectors, without the ``(k, n, d)`` stacks.
 
 Candidate ``lambda``'s stack is ``X = [g_1, ..., g_h, lambda gbar, ..., lambda gbar]``
-(``f`` copies). Every row lies in the span of the honest rows: with the thin QR
-factorisation ``H^T = Q R`` of the honest stack ``H`` (once per step, ``O(h^2 d)``),
-``g_i = r_i Q^T`` where ``r_i`` (row ``i`` of ``R^T``) are coordinates in ``R^p``,
-``p = rank <= h``, and ``x -> x Q^T`` is a linear isometry of ``R^p`` into ``R^d``.
+(``f`` copies). Every row lies in the span of the honest rows: with an orthonormal basis
+``B`` of that span (rows; once per step, ``O(h^2 d)``, :func:`orthonormal_span`),
+``g_i = r_i B`` where ``r_i`` are coordinates in ``R^p``, ``p <= h``, and ``x -> x B`` is a
+linear isometry of ``R^p`` into ``R^d``.
 
 * Span stages commute with that isometry, since they only depend on distances
   and norms and output linear combinations of their inputs (GM started at zero
   or at the mean): pre-aggregators NNM and static clipping, rules Mean, GM, Krum
-  and MultiKrum. So ``F(X) = F(C) Q^T`` with ``C = [r_1..r_h, lambda rbar x f]``:
+  and MultiKrum. So ``F(X) = F(C) B`` with ``C = [r_1..r_h, lambda rbar x f]``:
   the stage code runs unchanged on ``(k, n, p)`` coordinates and only the final
   ``(k, p) @ (p, d)`` product is d-dimensional.
 * CM and TM are coordinate-wise. After the span pre-aggregators the stack is
@@ -49,12 +49,13 @@ from ..aggregation import (
     TrimmedMean,
 )
 from ..aggregation.nnm import nearest_neighbours
-from ..aggregation.sorting import sort_rows
+from ..aggregation.sorting import FUSE_MIN_NUMEL, order_statistics
 
 SPAN_PRE = (NearestNeighborMixing, StaticClipping)
 SPAN_RULES = (Mean, GeometricMedian, Krum, MultiKrum)
 COORDINATE_RULES = (CoordinateMedian, TrimmedMean)
 BLOCK = 2**14  # coordinates per block of the coordinate-wise rules: the h lifted rows stay in cache
+MAX_COND = 1e3  # Cholesky QR above this condition number of the honest stack loses orthogonality (> 1e-10)
 SIDE = 1e-9  # relative offset of the lambdas just left and right of a breakpoint
 
 
@@ -62,6 +63,24 @@ def sides(breaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The lambdas just left and just right of each breakpoint (``SIDE * max(1, |b|)`` away)."""
     step = SIDE * np.maximum(1.0, np.abs(breaks))
     return breaks - step, breaks + step
+
+
+def orthonormal_span(honest: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B, C)`` in float64 with ``honest = C B`` and orthonormal rows ``B`` (``(p, d)``, ``C``: ``(h, p)``).
+
+    Cholesky QR: ``G = H H^T = L L^T``, ``C = L``, ``B = L^{-1} H`` (one Gram product and one triangular
+    solve: 0.12 s against Householder's 0.26 s for ``h = 12``, ``d = 1.2M``, 1 thread), orthonormal to about
+    ``eps * cond(H)^2``; Householder QR (``H^T = Q R``, ``B = Q^T``, ``C = R^T``) when ``cond(H) > MAX_COND``
+    or ``H`` is rank-deficient.
+    """
+    x = honest.double()
+    gram = x @ x.T
+    eigenvalues = torch.linalg.eigvalsh(gram)
+    if eigenvalues[0] > eigenvalues[-1] / MAX_COND**2:
+        lower = torch.linalg.cholesky(gram)
+        return torch.linalg.solve_triangular(lower, x, upper=False), lower
+    q, r = torch.linalg.qr(x.T)
+    return q.T, r.T
 
 
 def span_aggregation(aggregator: object, honest: Tensor, f: int) -> Callable[[Tensor], Tensor] | None:
@@ -82,9 +101,9 @@ class SpanAggregation:
     """The exact candidate aggregates of ``span_aggregation`` (module docstring), in float64 coordinates."""
 
     def __init__(self, aggregation: Aggregation, honest: Tensor, f: int) -> None:
-        q, r = torch.linalg.qr(honest.double().T)
+        basis, self.coords = orthonormal_span(honest)
         self.aggregation, self.f = aggregation, f
-        self.basis, self.coords = q.T.to(honest.dtype), r.T  # (p, d) in the honest dtype, (h, p) in float64
+        self.basis = basis.to(honest.dtype)  # (p, d) in the honest dtype; coords (h, p) in float64
 
     def __call__(self, lams: Tensor) -> Tensor:
         (h, p), k = self.coords.shape, len(lams)
@@ -162,9 +181,10 @@ class SpanAggregation:
             ranks = list(range(self.aggregation.rule.f + 1, n - self.aggregation.rule.f + 1))
         wires = sorted({r - 1 for q in ranks for r in (q - f, q) if 1 <= r <= h})
         out = v.new_empty(k, self.basis.shape[1])
+        fuse = self.basis.shape[1] >= FUSE_MIN_NUMEL  # large models: every block, however small, goes compiled
         for lo in range(0, self.basis.shape[1], BLOCK):
             basis = self.basis[:, lo : lo + BLOCK]
-            s = sort_rows(list((rows @ basis).view(len(blocks), h, -1).unbind(1)), wires)
+            s = order_statistics((rows @ basis).view(len(blocks), h, -1).unbind(1), wires, fuse=fuse)
             copies = v @ basis
 
             def order_stat(q: int) -> Tensor:

@@ -88,6 +88,26 @@ class Simulation:
             self.attacks = [first] if first.shared else [first] + [make() for _ in range(f - 1)]
         self.flipped_momenta: list[Tensor | None] = [None] * f
 
+    def state_dict(self) -> dict[str, object]:
+        """Everything the next rounds depend on (data batches, augmentations and attack generators are
+        seeded by round): round, global model, honest momenta, the reply shuffler's position, the
+        attacks' state and LF's momenta. :meth:`load_state_dict` resumes bit for bit."""
+        return {"round": self.round, "state": self.state, "momenta": self.momenta,
+                "shuffler": self.shuffler.getstate(), "attacks": [a.state_dict() for a in self.attacks],
+                "flipped_momenta": self.flipped_momenta}
+
+    def load_state_dict(self, saved: dict[str, object]) -> None:
+        """Restore what :meth:`state_dict` returned (of a simulation of the same settings)."""
+        attacks = saved["attacks"]
+        assert isinstance(attacks, list)
+        if len(attacks) != len(self.attacks):
+            raise ValueError(f"saved state has {len(attacks)} attack states, this simulation {len(self.attacks)}")
+        self.round, self.state, self.momenta = saved["round"], saved["state"], saved["momenta"]  # type: ignore[assignment]
+        self.shuffler.setstate(saved["shuffler"])  # type: ignore[arg-type]
+        for attack, state in zip(self.attacks, attacks, strict=True):
+            attack.load_state_dict(state)
+        self.flipped_momenta = saved["flipped_momenta"]  # type: ignore[assignment]
+
     @property
     def theta(self) -> Tensor:
         """The global model as a flat vector."""

@@ -8,6 +8,7 @@ stops the SuperLink it started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,9 +19,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 RUN_ID = re.compile(r"Successfully started run (\d+)")
@@ -128,25 +131,63 @@ class FlowerLauncher:
             return f"unknown ({out.stdout.strip() or out.stderr.strip()})"
         return str(runs[0]["status"]) if runs else "unknown"
 
-    def stop(self) -> None:
-        """Stop the SuperLink this launcher started (found by its control port)."""
-        marker = f"127.0.0.1:{self.control_port}"
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "flower-superlink" in cmdline and marker in cmdline:
-                try:
-                    os.kill(int(proc.name), signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop every process this launcher started (`flwr run`, the SuperLink, the ServerApp and Ray's
+        processes: all carry this launcher's ``FLWR_HOME`` in their environment): SIGTERM, then SIGKILL
+        after ``grace`` seconds."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            procs = self.processes()
+            for pid in procs:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + grace
+            while procs and time.monotonic() < deadline:
+                time.sleep(0.1)
+                procs = self.processes()
+            if not procs:
+                break
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
+    def processes(self) -> list[int]:
+        """Pids of the live processes whose environment carries this launcher's ``FLWR_HOME``."""
+        marker, pids = f"FLWR_HOME={self.home}".encode(), []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                environ = (proc / "environ").read_bytes().split(b"\0")
+                alive = (proc / "stat").read_text().split(") ")[-1][0] != "Z"
+            except OSError:
+                continue
+            if marker in environ and alive:
+                pids.append(int(proc.name))
+        return pids
+
     def __enter__(self) -> FlowerLauncher:
+        self._signals = contextlib.ExitStack()
+        self._signals.enter_context(terminated_as_interrupt())
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self._signals.close()
+
+
+@contextlib.contextmanager
+def terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises ``KeyboardInterrupt`` inside (as Ctrl-C does), so cleanup code runs for both; outside the
+    main thread, signals are left alone."""
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,21 @@ class RunLog:
             out.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
 
     def finish(self, **summary: Any) -> Path:
-        """Write the footer ``{"complete": true, ...}`` and publish the file; its final path."""
-        self.append({"complete": True, **summary})
+        """Write the footer ``{"complete": true, ..., "versions": {...}}`` and publish the file; its final path."""
+        self.append({"complete": True, **summary, "versions": versions()})
         os.replace(self.partial, self.path)
         return self.path
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a run's numbers depend on (read from the installed metadata)."""
+    out = {}
+    for package in ("flwr-byz", "flwr", "torch", "numpy", "scipy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
 
 
 def _clean(value: Any) -> Any:

@@ -13,15 +13,13 @@ import csv
 import dataclasses
 import json
 import logging
-import statistics
 import tempfile
 from pathlib import Path
-
-from scipy import stats
 
 from ..config import RunSettings
 from ..engine import run
 from .results import is_complete, read_run, results_path
+from .tables import interval
 
 logger = logging.getLogger("flwr_byz.tradeoff")
 
@@ -81,15 +79,6 @@ def study(out: Path, aggregations: tuple[str, ...] = ("nnm+cm", "nnm+gm"), taus:
         writer.writerows(summary)
     plot(summary, out / "tradeoff.png")
     return path, summary
-
-
-def interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the Student-t confidence interval (0 for a single value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    sem = statistics.stdev(values) / len(values) ** 0.5
-    return mean, float(stats.t.ppf((1 + confidence) / 2, len(values) - 1) * sem)
 
 
 def summarise(rows: list[dict[str, object]]) -> list[dict[str, object]]:

@@ -143,12 +143,12 @@ _TASKS: dict[str, Task] = {
         Task("toy2d", "toy2d", models.Toy2d, num_classes=0, criterion=models.toy_loss,
              defaults=paper(lr=1.2, batch_size=1, clip=0.0, l2=0.0, rounds=100, momentum=0.0)),
         # Table 2, MNIST.
-        Task("mnist", "mnist", models.mnist_cnn, num_classes=10, jump_sample=(512, 64),
+        Task("mnist", "mnist", models.mnist_cnn, num_classes=10, jump_sample=(256, 64),
              defaults=paper(lr=0.1, batch_size=32, clip=2.0, l2=1e-4, rounds=800, momentum=0.9)),
         # Table 3: the efficiency-power study (no L2).
         Task("mnist-logreg", "mnist", models.mnist_logreg, num_classes=10, batched_logits=models.linear_logits,
              defaults=paper(lr=0.7, batch_size=32, clip=2.0, l2=0.0, rounds=640, momentum=0.9)),
-        Task("fashion-mnist", "fashion-mnist", models.mnist_cnn, num_classes=10, jump_sample=(512, 64),
+        Task("fashion-mnist", "fashion-mnist", models.mnist_cnn, num_classes=10, jump_sample=(256, 64),
              defaults=paper(lr=0.1, batch_size=32, clip=2.0, l2=1e-4, rounds=800, momentum=0.9)),
         # Table 2, CIFAR-10: gamma = 0.25 for t <= 1000, then 0.025.
         Task("cifar10", "cifar10", models.cifar_cnn, num_classes=10, hflip=True, jump_sample=(256, 32),
