@@ -1,6 +1,10 @@
 """Real `flwr run` simulations on Flower's Ray engine (about 30-40 s each)."""
 
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -8,6 +12,7 @@ import torch
 from conftest import ROOT
 from flwr_byz.config import RunSettings
 from flwr_byz.engine import run
+from flwr_byz.experiments.flower import FlowerLauncher
 from flwr_byz.experiments.results import is_complete, read_run, results_path
 
 pytestmark = pytest.mark.flower
@@ -157,3 +162,28 @@ def test_planning_attacks_are_refused_by_the_flower_path(launcher, tmp_path):
     out = launcher.run(ROOT / "simulations/paper", config, num_supernodes=3)
     assert not out.ok and "--executor engine" in out.output
     assert not list(tmp_path.glob("*.jsonl*"))
+
+
+def test_sigterm_to_a_launcher_leaves_no_flower_or_ray_process_behind(tmp_path):
+    # A process running a long `flwr run` through FlowerLauncher (as `flwr-byz stress`, sweeps and the benchmarks
+    # do) gets SIGTERM once the run is under way: afterwards no process carries its FLWR_HOME.
+    home, app = tmp_path / "home", ROOT / "simulations" / "paper"
+    config = {"task": "toy2d", "aggregation": "cm", "num-byzantine": 1, "rounds": 10**6, "eval-every": 1000,
+              "results-dir": str(tmp_path)}
+    script = (f"from pathlib import Path\nfrom flwr_byz.experiments.flower import FlowerLauncher\n"
+              f"with FlowerLauncher(Path({str(home)!r})) as launcher:\n"
+              f"    launcher.run(Path({str(app)!r}), {config!r}, num_supernodes=3)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    probe = FlowerLauncher(home)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(tmp_path.glob("*.partial")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert proc.poll() is None and list(tmp_path.glob("*.partial")), "the run did not start"
+        started = probe.processes()
+        assert len(started) >= 4, started  # flwr run, SuperLink, ServerApp/simulation, Ray
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) != 0
+        assert probe.processes() == []
+    finally:
+        probe.stop()

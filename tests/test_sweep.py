@@ -52,6 +52,10 @@ def test_a_bad_spec_fails_before_anything_runs(tmp_path: Path) -> None:
         load(write_spec(tmp_path, "honset = 3\n" + good))
     with pytest.raises(ValueError, match='solve-p plan .* use executor = "engine"'):
         load(write_spec(tmp_path, 'executor = "flower"\n' + good + 'attack = "solve-p"\n'))
+    with pytest.raises(ValueError, match="KRUM needs"):  # n = 2 honest + 1 Byzantine is too few for Krum
+        load(write_spec(tmp_path, 'honest = 2\n' + good.replace('"cm"', '"krum"')))
+    with pytest.raises(ValueError, match="unknown executor 'gpu'"):
+        load(write_spec(tmp_path, 'executor = "gpu"\n' + good))
     with pytest.raises(ValueError, match="empty list for seed"):
         load(write_spec(tmp_path, good + "seed = []\n"))
 
@@ -76,7 +80,7 @@ def test_a_changed_setting_is_a_new_run_and_an_unchanged_one_is_skipped(tmp_path
 
 def test_failures_are_recorded_and_only_retried_when_asked(tmp_path: Path) -> None:
     good = toy_settings(tmp_path)
-    bad = toy_settings(tmp_path, task="mnist", data_dir=str(tmp_path / "no-such-data"))
+    bad = toy_settings(tmp_path, task="cifar10", data_dir=str(tmp_path / "no-such-data"))  # no such dataset
     sweep = executor.Sweep("t", "engine", 2, 0, (bad, good))
     outcome = executor.run_sweep(sweep)  # local Ray: the failing run does not stop the other
     assert outcome.finished == [good] and outcome.failed == [bad]
@@ -112,8 +116,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_bit_for_bit(tmp_path: Path, mo
 
 
 def test_confidence_interval_on_known_samples() -> None:
-    mean, half = tables.interval([1.0, 2.0, 3.0])  # s = 1, t(0.975, 2) = 4.302652729911275
-    assert mean == 2.0 and half == pytest.approx(4.302652729911275 / 3**0.5, rel=1e-12)
+    mean, half = tables.interval([1.0, 2.0, 3.0])  # s = 1, t(0.975, 2) = 4.302652729749464
+    assert mean == 2.0 and half == pytest.approx(4.302652729749464 / 3**0.5, rel=1e-12)
     assert tables.interval([5.0]) == (5.0, 0.0)
     assert tables.interval([2.0, 2.0]) == (2.0, 0.0)
 

@@ -124,6 +124,7 @@ def load(path: Path | str, results_dir: Path | str | None = None, overrides: dic
             config = {**config, "results-dir": str(Path(results_dir).resolve())}
         try:
             settings = RunSettings.from_run_config(config)
+            settings.aggregator().check(honest + settings.num_byzantine)  # the rule can aggregate this n
         except ValueError as err:
             raise ValueError(f"sweep spec {path}, run {config}: {err}") from err
         runs.append(settings)

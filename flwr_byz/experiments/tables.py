@@ -47,9 +47,15 @@ def accuracy(rows: list[dict[str, Any]], metric: str) -> float:
 
 
 def row_keys(runs: list[Run]) -> list[str]:
-    """The settings that tell rows apart: the paper's keys, then any other that varies across the runs."""
+    """The settings that tell rows apart: the paper's keys, then any other that varies across the runs and is not
+    determined by them (``aggregation-f``, ``auto`` = f, is not)."""
+    def determined(key: str) -> bool:
+        values: dict[tuple, str] = {}
+        return all(values.setdefault(tuple(repr(r[0].get(k)) for k in ROW_KEYS), repr(r[0].get(key)))
+                   == repr(r[0].get(key)) for r in runs)
+
     varying = [k for k in runs[0][0] if k not in IGNORED and k not in ROW_KEYS
-               and len({repr(r[0].get(k)) for r in runs}) > 1]
+               and len({repr(r[0].get(k)) for r in runs}) > 1 and not determined(k)]
     return [*ROW_KEYS, *varying]
 
 
@@ -140,6 +146,7 @@ def figures(runs: list[Run], out: Path, metric: str = "max") -> list[Path]:
             ax.set_xlabel("round")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("test accuracy (%)")
+        axes[0][0].set_ylim(0, 100)
         axes[0][-1].legend(title="attack", loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
@@ -155,6 +162,7 @@ def figures(runs: list[Run], out: Path, metric: str = "max") -> list[Path]:
                 ax.errorbar(xs, means, halves, label=attack, color=colors[attack], marker="o", capsize=3)
         ax.set_xlabel("f (Byzantine nodes)")
         ax.set_ylabel(f"{metric} test accuracy (%)")
+        ax.set_ylim(0, 100)
         ax.set_xticks(fs)
         ax.grid(alpha=0.3)
         ax.legend(title="attack", loc="center left", bbox_to_anchor=(1.01, 0.5))
