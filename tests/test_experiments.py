@@ -70,10 +70,16 @@ def test_stress_skips_only_runs_with_equal_settings(tmp_path):
     assert planned_runs(args("--task", "cifar10"))[0].lr == 0.25  # the task's paper values, not MNIST's
 
 
-def test_report_command(tmp_path, capsys):
-    fake_run(tmp_path, "sf", [0.1, 0.4])
-    assert main(["report", str(tmp_path), "--plot", str(tmp_path / "p.png")]) == 0
-    assert "sf" in capsys.readouterr().out and (tmp_path / "p.png").exists()
+def test_report_command_reads_finished_runs_only(tmp_path, capsys):
+    for seed, (sf, jump) in enumerate([(0.4, 0.2), (0.6, 0.3)], start=1):
+        fake_run(tmp_path, "sf", [0.1, sf], seed=seed)
+        fake_run(tmp_path, "jump", [0.1, jump], seed=seed)
+    fake_run(tmp_path, "alie", [0.1, 0.05], finish=False)  # a killed run: not in the table
+    assert main(["report", str(tmp_path), "--metric", "final"]) == 0
+    out = capsys.readouterr().out
+    assert "| sf | jump | Superiority |" in out and "alie" not in out
+    assert "| 50.0 ± 127.1 | **25.0 ± 63.5** | +25.0 |" in out  # t(0.975, 1) * s / sqrt(2)
+    assert (tmp_path / "report" / "table_final.csv").exists()
 
 
 def test_bad_settings_exit_with_a_message_before_any_run(tmp_path, capsys):

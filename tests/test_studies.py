@@ -69,12 +69,6 @@ def test_toy2d_command_writes_the_table_and_figures(tmp_path, capsys) -> None:
         toy2d.settings_for("median", "sf")
 
 
-def test_student_t_interval_on_known_samples() -> None:
-    mean, half = tradeoff.interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.302652729911275 / 3**0.5)  # t_{0.975, 2} * s / sqrt(n)
-    assert tradeoff.interval([5.0]) == (5.0, 0.0)
-
-
 def test_tradeoff_study_writes_its_tables_and_resumes(tmp_path, monkeypatch) -> None:
     kwargs = dict(aggregations=("nnm+cm",), taus=(1, 3), seeds=(1, 2), rounds=6, nodes=5, f=1, eval_every=3)
     path, summary = tradeoff.study(tmp_path, **kwargs)

@@ -211,3 +211,13 @@ def _ray_processes() -> list[str]:
                                                or "default_worker" in cmdline):
                 found.append(cmdline[:120])
     return found
+
+
+@pytest.mark.flower
+def test_the_flower_executor_runs_a_sweep_through_flwr_run(tmp_path: Path) -> None:
+    runs = (toy_settings(tmp_path, attack="alie"), toy_settings(tmp_path, attack="jump"))
+    outcome = executor.run_sweep(executor.Sweep("f", "flower", 2, 0, runs))
+    assert outcome.finished == list(runs) and not outcome.failed
+    engine = read_run(run(dataclasses.replace(runs[1], results_dir=str(tmp_path / "engine")), nodes=3))[1]
+    assert [r["test-loss"] for r in read_run(results_path(runs[1]))[1]] == pytest.approx(
+        [r["test-loss"] for r in engine], rel=1e-5)  # the same maths on both executors

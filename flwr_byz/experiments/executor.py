@@ -82,13 +82,16 @@ def run_sweep(sweep: Sweep, retry_failed: bool = False, address: str | None = No
     return outcome
 
 
-def _settle(outcome: Outcome, settings: RunSettings, error: str | None) -> None:
+def _settle(outcome: Outcome, settings: RunSettings, error: str | None, bar: Progress, seconds: float) -> None:
+    """Record the run's outcome and print a line for it (above the bar on a terminal; the log otherwise)."""
     if error is None and store.status(settings) == "finished":
         store.clear_failure(settings)
         outcome.finished.append(settings)
+        bar.console.print(f"finished {settings.name} ({settings.key}) in {seconds:.0f} s", highlight=False)
     else:
-        store.record_failure(settings, error or "the run ended without a complete results file")
+        path = store.record_failure(settings, error or "the run ended without a complete results file")
         outcome.failed.append(settings)
+        bar.console.print(f"FAILED {settings.name} ({settings.key}) after {seconds:.0f} s: {path}", highlight=False)
 
 
 def _ray(sweep: Sweep, todo: list[RunSettings], outcome: Outcome, address: str | None, cpus: float, gpus: float,
@@ -111,7 +114,8 @@ def _ray(sweep: Sweep, todo: list[RunSettings], outcome: Outcome, address: str |
         ray.shutdown()
         raise ValueError(f"the Ray cluster ({resources.get('CPU', 0)} CPUs, {resources.get('GPU', 0)} GPUs) cannot "
                          f"fit one run of {cpus} CPUs and {gpus} GPUs: lower --cpus-per-run / --gpus-per-run")
-    queue, running = list(todo), {}
+    queue: list[RunSettings] = list(todo)
+    running: dict[object, tuple[RunSettings, float]] = {}
     try:
         with progress_bar() as bar:
             job = bar.add_task(sweep.name, total=len(todo), running=0, failed=0)
@@ -120,16 +124,16 @@ def _ray(sweep: Sweep, todo: list[RunSettings], outcome: Outcome, address: str |
                     settings = queue.pop(0)
                     ref = task.remote(settings.to_run_config(), sweep.nodes(settings), sweep.checkpoint_every,
                                       threads)
-                    running[ref] = settings
+                    running[ref] = settings, time.monotonic()
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    settings = running.pop(ref)
+                    settings, start = running.pop(ref)
                     try:
                         ray.get(ref)
                         error = None
                     except Exception as err:  # noqa: BLE001 - recorded with the run, the others go on
                         error = f"{type(err).__name__}: {err}"
-                    _settle(outcome, settings, error)
+                    _settle(outcome, settings, error, bar, time.monotonic() - start)
                     bar.advance(job)
                 bar.update(job, running=len(running), failed=len(outcome.failed))
     finally:
@@ -152,6 +156,5 @@ def _flower(sweep: Sweep, todo: list[RunSettings], outcome: Outcome, gpus: float
                 error = None if result.ok else f"flwr run ended {result.status}:\n{result.output[-4000:]}"
             except Exception:  # noqa: BLE001 - recorded with the run, the others go on
                 error = traceback.format_exc()
-            _settle(outcome, settings, error)
-            bar.update(job, advance=1, failed=len(outcome.failed),
-                       description=f"{sweep.name} (last run {time.time() - start:.0f} s)")
+            _settle(outcome, settings, error, bar, time.time() - start)
+            bar.update(job, advance=1, failed=len(outcome.failed))
