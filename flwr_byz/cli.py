@@ -165,8 +165,11 @@ def sweep(args: argparse.Namespace) -> int:
     for settings in outcome.failed:
         print(f"  failed: {settings.name} -> {store.failure_path(settings)}", file=sys.stderr)
     if args.report and (outcome.finished or outcome.skipped):
-        text, paths = tables.report(store.finished_runs(out), out / "report", args.metric)
-        print(f"\n{text}\n\nreport: {out / 'report'} ({len(paths)} files)")
+        try:
+            text, paths = tables.report(store.finished_runs(out), out / "report", args.metric)
+            print(f"\n{text}\n\nreport: {out / 'report'} ({len(paths)} files)")
+        except ValueError as err:  # the runs are kept; only the report cannot be made
+            print(f"no report: {err}", file=sys.stderr)
     return 1 if outcome.failed else 0
 
 

@@ -118,3 +118,10 @@ def test_planning_attacks_need_the_engine_executor(tmp_path, capsys):
               "--out", str(tmp_path)])
     assert "use mnist-logreg or toy2d" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.jsonl*"))
+
+
+def test_report_refuses_runs_without_accuracy(tmp_path, capsys):
+    fake_run(tmp_path, "sf", [None, None], task="toy2d", aggregation="cm", num_byzantine=1)
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path)])
+    assert "toy2d reports only test loss" in capsys.readouterr().err

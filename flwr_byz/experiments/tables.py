@@ -42,7 +42,7 @@ def accuracy(rows: list[dict[str, Any]], metric: str) -> float:
         raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
     values = [r["test-accuracy"] for r in rows if r.get("test-accuracy") is not None]
     if not values:
-        raise ValueError("a run without test accuracy (toy2d?) has no place in these tables")
+        raise ValueError("these tables compare test accuracy, and a run has none (toy2d reports only test loss)")
     return 100 * (max(values) if metric == "max" else values[-1])
 
 
