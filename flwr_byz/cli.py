@@ -15,6 +15,7 @@ from .config import RunSettings
 from .engine import run as run_in_process
 from .engine.planning import check_planning
 from .experiments import executor, store, tables
+from .experiments.executor import PAPER_APP
 from .experiments import sweep as sweep_spec
 from .experiments import toy2d as toy2d_study
 from .experiments import tradeoff as tradeoff_study
@@ -22,7 +23,6 @@ from .experiments.flower import FlowerLauncher
 from .experiments.report import format_table, plot_accuracy, summary_row
 from .experiments.results import is_complete, results_path
 
-PAPER_APP = Path(__file__).resolve().parents[1] / "simulations" / "paper"
 PROGRESS = re.compile(r"\] round \d+/\d+: test accuracy|Results written|Error|error:")
 
 

@@ -106,17 +106,17 @@ def _ray(sweep: Sweep, todo: list[RunSettings], outcome: Outcome, address: str |
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     task = ray.remote(execute).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-    resources = ray.cluster_resources()
-    slots = int(resources.get("CPU", 1) // cpus) if cpus else len(todo)
-    if gpus:
-        slots = min(slots, int(resources.get("GPU", 0) // gpus))
-    if slots < 1:
-        ray.shutdown()
-        raise ValueError(f"the Ray cluster ({resources.get('CPU', 0)} CPUs, {resources.get('GPU', 0)} GPUs) cannot "
-                         f"fit one run of {cpus} CPUs and {gpus} GPUs: lower --cpus-per-run / --gpus-per-run")
     queue: list[RunSettings] = list(todo)
     running: dict[object, tuple[RunSettings, float]] = {}
     try:
+        resources = ray.cluster_resources()
+        slots = int(resources.get("CPU", 1) // cpus) if cpus else len(todo)
+        if gpus:
+            slots = min(slots, int(resources.get("GPU", 0) // gpus))
+        if slots < 1:
+            raise ValueError(f"the Ray cluster ({resources.get('CPU', 0)} CPUs, {resources.get('GPU', 0)} GPUs) "
+                             f"cannot fit one run of {cpus} CPUs and {gpus} GPUs: lower --cpus-per-run / "
+                             "--gpus-per-run")
         with progress_bar() as bar:
             job = bar.add_task(sweep.name, total=len(todo), running=0, failed=0)
             while queue or running:
