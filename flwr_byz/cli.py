@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="join an existing Ray cluster (default: start a local one)")
     p.add_argument("--cpus-per-run", type=float, default=1.0)
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPU fraction each engine run requests")
-    p.add_argument("--retry-failed", action="store_true", help="rerun only the runs recorded as failed")
+    p.add_argument("--retry-failed", action="store_true", help="also rerun the runs recorded as failed")
     p.add_argument("--executor", choices=sweep_spec.EXECUTORS, default=None, help="override the spec's executor")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="replace grid keys, TOML values: rounds=100 'seed=[1,2]'")

@@ -56,8 +56,17 @@ def test_a_bad_spec_fails_before_anything_runs(tmp_path: Path) -> None:
         load(write_spec(tmp_path, 'honest = 2\n' + good.replace('"cm"', '"krum"')))
     with pytest.raises(ValueError, match="unknown executor 'gpu'"):
         load(write_spec(tmp_path, 'executor = "gpu"\n' + good))
+    with pytest.raises(ValueError, match=r"exclude keys \['atack'\] are not grid keys"):
+        load(write_spec(tmp_path, good + 'attack = ["sf", "alie"]\n[[exclude]]\natack = "sf"\n'))
     with pytest.raises(ValueError, match="empty list for seed"):
         load(write_spec(tmp_path, good + "seed = []\n"))
+
+
+def test_a_run_spelt_twice_runs_once(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, 'honest = 2\n[grid]\ntask = "toy2d"\naggregation = "cm"\nnum-byzantine = 1\n'
+                                'alpha = 1.0\nattack = ["sf", "alie"]\n[[include]]\nalpha = 1\nattack = "sf"\n'
+                                '[[include]]\nattack = "alie"\nseed = 1\n')  # seed 1 is the default
+    assert [s.attack for s in load(spec).runs] == ["sf", "alie"]
 
 
 def toy_settings(tmp_path: Path, **changes: object) -> RunSettings:
@@ -78,6 +87,16 @@ def test_a_changed_setting_is_a_new_run_and_an_unchanged_one_is_skipped(tmp_path
     assert store.status(changed) == "pending" and results_path(changed) != results_path(first.runs[0])
 
 
+def test_a_store_keeps_its_runs_when_moved_and_refuses_another_node_count(tmp_path: Path) -> None:
+    settings = toy_settings(tmp_path / "a")
+    run(settings, nodes=3)
+    (tmp_path / "a").rename(tmp_path / "b")
+    moved = toy_settings(tmp_path / "b")
+    assert executor.plan(executor.Sweep("t", "engine", 2, 0, (moved,)))[1].skipped == [moved]
+    with pytest.raises(ValueError, match="holds runs with 2 honest nodes per run, this sweep has 4"):
+        executor.plan(executor.Sweep("t", "engine", 4, 0, (moved,)))
+
+
 def test_failures_are_recorded_and_only_retried_when_asked(tmp_path: Path) -> None:
     good = toy_settings(tmp_path)
     bad = toy_settings(tmp_path, task="cifar10", data_dir=str(tmp_path / "no-such-data"))  # no such dataset
@@ -88,6 +107,8 @@ def test_failures_are_recorded_and_only_retried_when_asked(tmp_path: Path) -> No
     assert "no-such-data" in record["error"] and record["settings"] == bad.to_run_config()
     assert executor.plan(sweep) == ([], executor.Outcome(skipped=[good], failed_before=[bad]))
     assert executor.plan(sweep, retry_failed=True)[0] == [bad]
+    pending = toy_settings(tmp_path, attack="alie")  # --retry-failed runs the pending runs too
+    assert executor.plan(dataclasses.replace(sweep, runs=(bad, good, pending)), retry_failed=True)[0] == [bad, pending]
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_bit_for_bit(tmp_path: Path, monkeypatch) -> None:
@@ -98,12 +119,12 @@ def test_a_killed_run_resumes_from_its_checkpoint_bit_for_bit(tmp_path: Path, mo
     killed = dataclasses.replace(settings, results_dir=str(tmp_path / "b"))
     step = Simulation.step
 
-    def dies_in_round_5(self, *args, **kwargs):
-        if self.round == 4:
+    def dies_in_round_6(self, *args, **kwargs):  # after round 5's row, written after the last checkpoint
+        if self.round == 5:
             raise KeyboardInterrupt("killed")
         return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(Simulation, "step", dies_in_round_5)
+    monkeypatch.setattr(Simulation, "step", dies_in_round_6)
     with pytest.raises(KeyboardInterrupt):
         run(killed, nodes=5, checkpoint_every=2)
     assert torch.load(checkpoint_path(killed), weights_only=False)["simulation"]["round"] == 4
@@ -142,8 +163,8 @@ def test_table_rendering_on_a_fixture(tmp_path: Path) -> None:
     assert rows[1]["superiority"] is None and rows[1]["strongest"] == "sf"
     text = tables.markdown(keys, attacks, rows)
     assert text.splitlines()[0] == "| task | aggregation | f | alpha | momentum | none | sf | jump | Superiority |"
-    assert text.splitlines()[2] == "| mnist | nnm+cm | 3 | 0.1 | 0.9 | 90.0 ± 0.0 | 65.0 ± 63.5 | **30.0 ± 127.1** | +35.0 |"
-    assert text.splitlines()[3] == "| mnist | nnm+gm | 1 | 0.1 | 0.9 | – | **50.0 ± 0.0** | – | – |"
+    assert text.splitlines()[2] == "| mnist | nnm+cm | 3 | 0.1 | 0.9 | 90.0 ± – | 65.0 ± 63.5 | **30.0 ± 127.1** | +35.0 |"
+    assert text.splitlines()[3] == "| mnist | nnm+gm | 1 | 0.1 | 0.9 | – | **50.0 ± –** | – | – |"  # 1 seed
     assert tables.table(runs, "final")[2][0]["cells"]["sf"][0] == pytest.approx(60.0)
     _, paths = tables.report(runs, tmp_path / "report")
     assert {p.name for p in paths} >= {"table_max.md", "table_max.csv", "curves_mnist_nnm+cm_0.1_0.9.png",

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..config import RunSettings
-from ..experiments.results import RunLog, results_path
+from ..experiments.results import RunLog, results_path, same_run
 from ..tasks.nodes import evaluated, test_set
 from .planning import planner
 from .simulation import Simulation
@@ -43,7 +43,7 @@ def run(settings: RunSettings, nodes: int = 15, device: torch.device | str | Non
     sim = Simulation(settings, nodes, device)
     stepper = planner(settings, sim)
     checkpoints = checkpoint_every > 0 and stepper is sim
-    saved = _resume(settings) if checkpoints else None
+    saved = _resume(settings, sim.device) if checkpoints else None
     rows: list[dict[str, Any]] = saved["rows"] if saved else []
     log = RunLog(settings)
     for row in rows:
@@ -86,13 +86,13 @@ def _save(settings: RunSettings, checkpoint: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _resume(settings: RunSettings) -> dict[str, Any] | None:
-    """The run's checkpoint, if one exists for exactly these settings."""
+def _resume(settings: RunSettings, device: torch.device) -> dict[str, Any] | None:
+    """The run's checkpoint (its tensors on ``device``), if one exists for these settings."""
     path = checkpoint_path(settings)
     if not path.exists():
         return None
-    saved: dict[str, Any] = torch.load(path, weights_only=False)
-    if saved.get("settings") != settings.to_run_config():
+    saved: dict[str, Any] = torch.load(path, weights_only=False, map_location=device)
+    if not same_run(saved.get("settings"), settings):
         logger.warning("[%s] ignoring %s: it was saved with other settings", settings.name, path)
         return None
     return saved

@@ -15,10 +15,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..config import RunSettings
 from . import store
-from .flower import FlowerLauncher, terminated_as_interrupt
+from .flower import FlowerLauncher, signals_ignored, terminated_as_interrupt
+from .results import results_dir
 from .sweep import Sweep
 
 PAPER_APP = Path(__file__).resolve().parents[2] / "simulations" / "paper"
+FLOWER_RUN_TIMEOUT = 7 * 24 * 3600.0  # a Flower run of a sweep is stopped only if it hangs for a week
 
 
 @dataclass
@@ -33,15 +35,17 @@ class Outcome:
 
 
 def plan(sweep: Sweep, retry_failed: bool = False) -> tuple[list[RunSettings], Outcome]:
-    """The runs to execute now (pending ones; with ``retry_failed`` only the failed ones) and the others."""
+    """The runs to execute now (the pending ones, and with ``retry_failed`` the failed ones too) and the others."""
+    for folder in {results_dir(s) for s in sweep.runs}:
+        store.claim(folder, sweep.honest)
     outcome, todo = Outcome(), []
     for settings in sweep.runs:
         state = store.status(settings)
         if state == "finished":
             outcome.skipped.append(settings)
-        elif (state == "failed") == retry_failed:
+        elif state == "pending" or retry_failed:
             todo.append(settings)
-        elif state == "failed":
+        else:
             outcome.failed_before.append(settings)
     return todo, outcome
 
@@ -137,11 +141,12 @@ def _ray(sweep: Sweep, todo: list[RunSettings], outcome: Outcome, address: str |
                     bar.advance(job)
                 bar.update(job, running=len(running), failed=len(outcome.failed))
     finally:
-        for ref in running:
-            ray.cancel(ref, force=True)
-        ray.shutdown()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with signals_ignored():  # a second Ctrl-C must not cut the cleanup short
+            for ref in running:
+                ray.cancel(ref, force=True)
+            ray.shutdown()
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _flower(sweep: Sweep, todo: list[RunSettings], outcome: Outcome, gpus: float) -> None:
@@ -152,7 +157,7 @@ def _flower(sweep: Sweep, todo: list[RunSettings], outcome: Outcome, gpus: float
             start = time.time()
             try:
                 result = launcher.run(PAPER_APP, settings.to_run_config(), num_supernodes=sweep.nodes(settings),
-                                      num_gpus=gpus)
+                                      num_gpus=gpus, timeout=FLOWER_RUN_TIMEOUT)
                 error = None if result.ok else f"flwr run ended {result.status}:\n{result.output[-4000:]}"
             except Exception:  # noqa: BLE001 - recorded with the run, the others go on
                 error = traceback.format_exc()

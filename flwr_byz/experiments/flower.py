@@ -170,9 +170,25 @@ class FlowerLauncher:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self.stop()
+            with signals_ignored():  # a second Ctrl-C must not cut the cleanup short
+                self.stop()
         finally:
             self._signals.close()
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored inside (cleanup that must finish); outside the main thread, nothing changes."""
+    try:
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

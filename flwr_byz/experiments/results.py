@@ -77,11 +77,21 @@ def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def is_complete(settings: RunSettings) -> bool:
-    """Whether the run of exactly these settings finished (footer written, stored settings equal)."""
+    """Whether the run of these settings finished (footer written, stored settings equal but for results-dir)."""
     path = results_path(settings)
     try:
         lines = path.read_text().splitlines()
         header, footer = json.loads(lines[0]), json.loads(lines[-1])
     except (OSError, IndexError, json.JSONDecodeError):
         return False
-    return header.get("settings") == settings.to_run_config() and footer.get("complete") is True
+    return same_run(header.get("settings"), settings) and footer.get("complete") is True
+
+
+def same_run(stored: Any, settings: RunSettings) -> bool:
+    """Whether stored run-config settings describe the run of ``settings`` (where the store lies aside: a moved
+    store keeps its runs)."""
+    if not isinstance(stored, dict):
+        return False
+    here = settings.to_run_config()
+    return {k: v for k, v in stored.items() if k != "results-dir"} == {k: v for k, v in here.items()
+                                                                         if k != "results-dir"}

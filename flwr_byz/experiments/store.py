@@ -24,6 +24,25 @@ from .results import is_complete, results_path
 FAILED = ".failed.json"
 
 
+STORE_FILE = "store.json"
+
+
+def claim(folder: Path | str, honest: int) -> None:
+    """Mark ``folder`` as a store of runs with ``honest`` honest nodes, or raise ``ValueError`` if it already holds
+    runs with another number (the node count is not part of a run's settings, so mixing would go unnoticed)."""
+    path = Path(folder) / STORE_FILE
+    if path.exists():
+        held = json.loads(path.read_text()).get("honest")
+        if held != honest:
+            raise ValueError(f"{folder} holds runs with {held} honest nodes per run, this sweep has {honest}: "
+                             "use another --out")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"honest": honest}))
+    os.replace(tmp, path)
+
+
 def failure_path(settings: RunSettings) -> Path:
     path = results_path(settings)
     return path.with_name(path.name.removesuffix(".jsonl") + FAILED)

@@ -18,9 +18,11 @@
     aggregation = "nnm+gm"
     attack = "sf"
 
-    [[include]]                # extra runs: the grid's scalar keys, overridden by these (lists expand too)
-    attack = "none"
+    [[include]]                # extra runs: the grid's scalar keys (not its lists), overridden by these
+    attack = "none"            # (lists expand too)
+    aggregation = "mean"
     num-byzantine = 0
+    seed = [1, 2]
 
 Every run is checked (``RunSettings.from_run_config``) when the spec is loaded, so a typo fails
 before anything runs, naming the run.
@@ -118,8 +120,12 @@ def load(path: Path | str, results_dir: Path | str | None = None, overrides: dic
     if not isinstance(grid, dict) or not grid:
         raise ValueError(f"sweep spec {path}: needs a [grid] table of run-config keys")
     grid = {**grid, **(overrides or {})}
-    runs = []
-    for config in expand(grid, spec.get("exclude", []), spec.get("include", [])):
+    exclude = spec.get("exclude", [])
+    unknown = sorted({k for rule in exclude for k in rule} - set(grid))
+    if unknown:
+        raise ValueError(f"sweep spec {path}: exclude keys {unknown} are not grid keys, so they exclude nothing")
+    runs: dict[str, RunSettings] = {}  # by results key: a run spelt twice (alpha 1 and 1.0) runs once
+    for config in expand(grid, exclude, spec.get("include", [])):
         if results_dir is not None:
             config = {**config, "results-dir": str(Path(results_dir).resolve())}
         try:
@@ -127,8 +133,9 @@ def load(path: Path | str, results_dir: Path | str | None = None, overrides: dic
             settings.aggregator().check(honest + settings.num_byzantine)  # the rule can aggregate this n
         except ValueError as err:
             raise ValueError(f"sweep spec {path}, run {config}: {err}") from err
-        runs.append(settings)
+        runs.setdefault(settings.key, settings)
     try:
-        return with_executor(Sweep(str(spec.get("name", path.stem)), "engine", honest, every, tuple(runs)), executor)
+        sweep = Sweep(str(spec.get("name", path.stem)), "engine", honest, every, tuple(runs.values()))
+        return with_executor(sweep, executor)
     except ValueError as err:
         raise ValueError(f"sweep spec {path}: {err}") from err

@@ -21,7 +21,7 @@ from scipy import stats
 
 ATTACK_ORDER = ("none", "alie", "foe", "lf", "mimic", "minmax", "minsum", "sf", "gaussian", "inf", "jump", "solve-p")
 ROW_KEYS = ("task", "aggregation", "num-byzantine", "alpha", "momentum")
-IGNORED = {"attack", "seed", "results-dir", "eval-every", "eval-size"}  # never split rows
+IGNORED = {"attack", "seed", "results-dir"}  # never split rows
 METRICS = ("max", "final")
 
 Run = tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]
@@ -72,7 +72,7 @@ def table(runs: list[Run], metric: str = "max") -> tuple[list[str], list[str], l
     for settings, rows, _ in runs:
         groups[tuple(settings.get(k) for k in keys)][settings["attack"]].append(accuracy(rows, metric))
     out = []
-    for values, by_attack in sorted(groups.items(), key=lambda kv: [repr(v) for v in kv[0]]):
+    for values, by_attack in sorted(groups.items(), key=lambda kv: _order(kv[0])):
         cells = {a: (*interval(v), len(v)) for a, v in by_attack.items()}
         attacked = {a: c[0] for a, c in cells.items() if a != "none"}
         others = [m for a, m in attacked.items() if a != "jump"]
@@ -92,8 +92,8 @@ def markdown(keys: list[str], attacks: list[str], rows: list[dict[str, Any]]) ->
             if attack not in row["cells"]:
                 cells.append("–")
                 continue
-            mean, half, _ = row["cells"][attack]
-            text = f"{mean:.1f} ± {half:.1f}"
+            mean, half, seeds = row["cells"][attack]
+            text = f"{mean:.1f} ± {half:.1f}" if seeds > 1 else f"{mean:.1f} ± –"  # one seed: no interval
             cells.append(f"**{text}**" if attack == row["strongest"] else text)
         superiority = "–" if row["superiority"] is None else f"{row['superiority']:+.1f}"
         lines.append("| " + " | ".join([str(row[k]) for k in keys] + cells + [superiority]) + " |")
@@ -130,7 +130,7 @@ def figures(runs: list[Run], out: Path, metric: str = "max") -> list[Path]:
     for run in runs:
         groups[tuple(run[0].get(k) for k in keys)].append(run)
     paths = []
-    for values, group in sorted(groups.items(), key=lambda kv: [repr(v) for v in kv[0]]):
+    for values, group in sorted(groups.items(), key=lambda kv: _order(kv[0])):
         label = "_".join(f"{v}" for v in values).replace("/", "-")
         title = ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
         fs = sorted({r[0]["num-byzantine"] for r in group})
@@ -170,6 +170,11 @@ def figures(runs: list[Run], out: Path, metric: str = "max") -> list[Path]:
         fig.tight_layout()
         paths.append(_save(fig, out / f"breakdown_{label}.png"))
     return paths
+
+
+def _order(values: tuple) -> list[tuple[int, object]]:
+    """Sort key of a row: numbers by value (f = 3 before f = 10), everything else by text."""
+    return [(0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v)) for v in values]
 
 
 def _band(curves: list[list[dict[str, Any]]]) -> tuple[list[int], Any, Any]:
