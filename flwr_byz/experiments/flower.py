@@ -177,10 +177,11 @@ class FlowerLauncher:
 
 
 @contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """SIGINT and SIGTERM ignored inside (cleanup that must finish); outside the main thread, nothing changes."""
+def signal_handlers(handlers: dict[signal.Signals, Any]) -> Iterator[None]:
+    """``handlers`` installed inside, the previous ones restored after; outside the main thread (where Python
+    cannot set handlers) nothing changes."""
     try:
-        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     except ValueError:
         yield
         return
@@ -191,19 +192,14 @@ def signals_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-@contextlib.contextmanager
-def terminated_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises ``KeyboardInterrupt`` inside (as Ctrl-C does), so cleanup code runs for both; outside the
-    main thread, signals are left alone."""
+def signals_ignored() -> contextlib.AbstractContextManager[None]:
+    """SIGINT and SIGTERM ignored inside: for cleanup that must finish."""
+    return signal_handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN})
+
+
+def terminated_as_interrupt() -> contextlib.AbstractContextManager[None]:
+    """SIGTERM raises ``KeyboardInterrupt`` inside (as Ctrl-C does), so cleanup code runs for both."""
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return signal_handlers({signal.SIGTERM: interrupt})
