@@ -155,10 +155,10 @@ def sweep(args: argparse.Namespace) -> int:
     spec = sweep_spec.load(args.spec, results_dir=out, overrides=overrides)  # every run is checked before any runs
     if args.executor:
         spec = sweep_spec.with_executor(spec, args.executor)
-    todo, _ = executor.plan(spec, args.retry_failed)
-    print(f"sweep {spec.name}: {len(spec.runs)} runs via {spec.executor}, {len(todo)} to run now -> {out}")
-    outcome = executor.run_sweep(spec, retry_failed=args.retry_failed, address=args.address,
-                                 cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+    planned = executor.plan(spec, args.retry_failed)
+    print(f"sweep {spec.name}: {len(spec.runs)} runs via {spec.executor}, {len(planned[0])} to run now -> {out}")
+    outcome = executor.run_sweep(spec, planned, address=args.address, cpus_per_run=args.cpus_per_run,
+                                 gpus_per_run=args.gpus_per_run)
     print(f"finished now {len(outcome.finished)}, already finished {len(outcome.skipped)}, "
           f"failed {len(outcome.failed)}" + (f", failed before (not retried: add --retry-failed) "
                                              f"{len(outcome.failed_before)}" if outcome.failed_before else ""))

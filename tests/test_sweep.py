@@ -101,7 +101,7 @@ def test_failures_are_recorded_and_only_retried_when_asked(tmp_path: Path) -> No
     good = toy_settings(tmp_path)
     bad = toy_settings(tmp_path, task="cifar10", data_dir=str(tmp_path / "no-such-data"))  # no such dataset
     sweep = executor.Sweep("t", "engine", 2, 0, (bad, good))
-    outcome = executor.run_sweep(sweep)  # local Ray: the failing run does not stop the other
+    outcome = executor.run_sweep(sweep, executor.plan(sweep))  # local Ray: the failing run does not stop the other
     assert outcome.finished == [good] and outcome.failed == [bad]
     record = json.loads(store.failure_path(bad).read_text())
     assert "no-such-data" in record["error"] and record["settings"] == bad.to_run_config()
@@ -237,7 +237,8 @@ def _ray_processes() -> list[str]:
 @pytest.mark.flower
 def test_the_flower_executor_runs_a_sweep_through_flwr_run(tmp_path: Path) -> None:
     runs = (toy_settings(tmp_path, attack="alie"), toy_settings(tmp_path, attack="jump"))
-    outcome = executor.run_sweep(executor.Sweep("f", "flower", 2, 0, runs))
+    sweep = executor.Sweep("f", "flower", 2, 0, runs)
+    outcome = executor.run_sweep(sweep, executor.plan(sweep))
     assert outcome.finished == list(runs) and not outcome.failed
     engine = read_run(run(dataclasses.replace(runs[1], results_dir=str(tmp_path / "engine")), nodes=3))[1]
     assert [r["test-loss"] for r in read_run(results_path(runs[1]))[1]] == pytest.approx(

@@ -66,16 +66,16 @@ def progress_bar() -> Progress:
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
 
 
-def run_sweep(sweep: Sweep, retry_failed: bool = False, address: str | None = None, cpus_per_run: float = 1,
-              gpus_per_run: float = 0, threads: int | None = None) -> Outcome:
-    """Execute the sweep's pending runs (see :func:`plan`); failures are recorded and do not stop the others.
+def run_sweep(sweep: Sweep, planned: tuple[list[RunSettings], Outcome], address: str | None = None,
+              cpus_per_run: float = 1, gpus_per_run: float = 0, threads: int | None = None) -> Outcome:
+    """Execute the runs :func:`plan` chose (``planned``); failures are recorded and do not stop the others.
 
     Engine runs are Ray tasks requesting ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs (fractions allowed),
     each at ``threads`` torch threads (default: ``max(1, int(cpus_per_run))``), as many at once as the
     cluster's resources allow. Ctrl-C or SIGTERM cancels the running tasks and shuts down the Ray this call
     started; finished runs and checkpoints stay, so the same call resumes.
     """
-    todo, outcome = plan(sweep, retry_failed)
+    todo, outcome = planned
     if not todo:
         return outcome
     with terminated_as_interrupt():
@@ -150,7 +150,7 @@ def _ray(sweep: Sweep, todo: list[RunSettings], outcome: Outcome, address: str |
 
 
 def _flower(sweep: Sweep, todo: list[RunSettings], outcome: Outcome, gpus: float) -> None:
-    home = Path(todo[0].results_dir or ".").resolve() / ".flwr-home"
+    home = results_dir(todo[0]) / ".flwr-home"
     with FlowerLauncher(home) as launcher, progress_bar() as bar:
         job = bar.add_task(sweep.name, total=len(todo), running=1, failed=0)
         for settings in todo:

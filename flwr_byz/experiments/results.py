@@ -90,8 +90,7 @@ def is_complete(settings: RunSettings) -> bool:
 def same_run(stored: Any, settings: RunSettings) -> bool:
     """Whether stored run-config settings describe the run of ``settings`` (where the store lies aside: a moved
     store keeps its runs)."""
-    if not isinstance(stored, dict):
-        return False
-    here = settings.to_run_config()
-    return {k: v for k, v in stored.items() if k != "results-dir"} == {k: v for k, v in here.items()
-                                                                         if k != "results-dir"}
+    def placeless(config: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config.items() if k != "results-dir"}
+
+    return isinstance(stored, dict) and placeless(stored) == placeless(settings.to_run_config())

@@ -22,9 +22,8 @@ from ..config import RunSettings
 from .results import is_complete, results_path
 
 FAILED = ".failed.json"
-
-
 STORE_FILE = "store.json"
+Run = tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]  # settings, rows, footer of a finished run
 
 
 def claim(folder: Path | str, honest: int) -> None:
@@ -69,7 +68,7 @@ def clear_failure(settings: RunSettings) -> None:
     failure_path(settings).unlink(missing_ok=True)
 
 
-def finished_runs(folder: Path | str) -> list[tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]]:
+def finished_runs(folder: Path | str) -> list[Run]:
     """``(settings, rows, footer)`` of every finished results file in ``folder`` (partial files are skipped)."""
     runs = []
     for path in sorted(Path(folder).glob("*.jsonl")):

@@ -19,12 +19,12 @@ from typing import Any
 
 from scipy import stats
 
+from .store import Run
+
 ATTACK_ORDER = ("none", "alie", "foe", "lf", "mimic", "minmax", "minsum", "sf", "gaussian", "inf", "jump", "solve-p")
 ROW_KEYS = ("task", "aggregation", "num-byzantine", "alpha", "momentum")
 IGNORED = {"attack", "seed", "results-dir"}  # never split rows
 METRICS = ("max", "final")
-
-Run = tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]
 
 
 def interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
