@@ -1,15 +1,20 @@
 """The adversary protocol: every message between the omniscient-adversary hook and Byzantine-capable clients.
 
 Both sides import this module, so message types, record names and config keys are
-written once. Two exchanges:
+written once. Three exchanges:
 
-* Role query (``query.role``, once per run): each node answers a :class:`NodeRole`.
+* Role query (``query.role``, once per node): each node answers a :class:`NodeRole`.
 * Attack (``train.attack``, each round, only to Byzantine nodes): an :class:`AttackRequest`
   carries the global model, the honest pseudo-gradients ``(h, d)``, the step sizes and the
   defended rule; the node answers an :class:`AttackReply` (its model ``theta - gamma_t a``
   and the attack's metrics). For attacks whose vector is the same for every Byzantine node
   (``shared``), one node computes it and the others get a request carrying that node's
   model to ``echo``: they send the same vector without repeating the search.
+
+* Score (``evaluate.score``, only to honest nodes, only for JUMP on an app whose nodes cannot score
+  candidates themselves: a user's app wrapped with :func:`flwr_byz.clients.byzantine`): a
+  :class:`ScoreRequest` carries ``k`` candidate models; the node runs its own evaluate handler
+  on each and answers a :class:`ScoreReply` (each metric of that handler, one value per candidate).
 
 None of this reaches the wrapped strategy: the hook turns each attack reply into a reply
 to the plain ``train`` instruction with the records an honest reply has.
@@ -23,12 +28,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from torch import Tensor
 
-ROLE_ACTION, ATTACK_ACTION = "role", "attack"
+ROLE_ACTION, ATTACK_ACTION, SCORE_ACTION = "role", "attack", "score"
 ROLE_TYPE = f"{MessageType.QUERY}.{ROLE_ACTION}"
 ATTACK_TYPE = f"{MessageType.TRAIN}.{ATTACK_ACTION}"
+SCORE_TYPE = f"{MessageType.EVALUATE}.{SCORE_ACTION}"
+LOCAL_ORACLE, HONEST_ORACLE = "local", "honest-nodes"
 
 ROLE_RECORD = "role"
 MODEL_RECORD = "model"
@@ -36,33 +43,62 @@ HONEST_RECORD = "honest"
 ECHO_RECORD = "echo"
 CONFIG_RECORD = "attack-config"
 METRICS_RECORD = "attack-metrics"
+TRAIN_CONFIG_RECORD = "train-config"
+CANDIDATES_RECORD = "candidates"
+SCORES_RECORD = "scores"
 GRADIENTS = "gradients"
 
 
 @dataclass(frozen=True)
 class NodeRole:
-    """A node's answer to the role query: Byzantine or not, its rank (partition id), and
-    whether its attack sends the same vector on every Byzantine node (``shared``)."""
+    """A node's answer to the role query: Byzantine or not, its rank (partition id), whether its
+    attack sends the same vector on every Byzantine node (``shared``), the attack it runs
+    (``attack``, ``attack_params``: ``"key=value, ..."``) and where JUMP's honest loss comes
+    from: the node's own copy of the honest data (``oracle="local"``, flwr_byz's ClientApp) or
+    the honest nodes' evaluate handlers (``"honest-nodes"``, a wrapped user app: the hook then
+    runs the attack itself and the Byzantine nodes send its model)."""
 
     byzantine: bool
     rank: int
     shared: bool = False
+    attack: str = "none"
+    attack_params: str = ""
+    oracle: str = LOCAL_ORACLE
 
     def reply_to(self, msg: Message) -> Message:
-        record = MetricRecord({"byzantine": int(self.byzantine), "rank": self.rank, "shared": int(self.shared)})
+        record = ConfigRecord({"byzantine": self.byzantine, "rank": self.rank, "shared": self.shared,
+                               "attack": self.attack, "attack-params": self.attack_params, "oracle": self.oracle})
         return Message(RecordDict({ROLE_RECORD: record}), reply_to=msg)
 
     @classmethod
     def from_reply(cls, reply: Message) -> NodeRole:
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            raise RuntimeError(f"role query failed on node {reply.metadata.src_node_id}: {reply.error.reason}")
-        record = reply.content.metric_records.get(ROLE_RECORD)
+            raise RuntimeError(
+                f"role query failed on node {node}: {reply.error.reason}. Every node must run a Byzantine-capable "
+                "ClientApp: flwr_byz's (flwr_byz.clients:app), or yours wrapped with "
+                "`app = flwr_byz.clients.byzantine(app)` at the end of your client_app.py"
+            )
+        record = reply.content.config_records.get(ROLE_RECORD)
         if record is None:
             raise RuntimeError(
-                f"node {reply.metadata.src_node_id} does not speak the adversary protocol (no {ROLE_RECORD!r} "
-                f"record in its {ROLE_TYPE} reply): use flwr_byz's ClientApp"
+                f"node {node} does not speak the adversary protocol (no {ROLE_RECORD!r} record in its {ROLE_TYPE} "
+                "reply): wrap your ClientApp with `app = flwr_byz.clients.byzantine(app)`"
             )
-        return cls(bool(record["byzantine"]), int(record["rank"]), bool(record["shared"]))
+        return cls(bool(record["byzantine"]), int(record["rank"]), bool(record["shared"]), str(record["attack"]),
+                   str(record["attack-params"]), str(record["oracle"]))
+
+
+def retyped(msg: Message, content: RecordDict, message_type: str, group_id: str | None = None) -> Message:
+    """``content`` in a message with ``msg``'s ids, sender, receiver and times, of type ``message_type``
+    (and group ``group_id``, else ``msg``'s)."""
+    meta = msg.metadata
+    return Message(content=content, metadata=Metadata(
+        run_id=meta.run_id, message_id=meta.message_id, src_node_id=meta.src_node_id, dst_node_id=meta.dst_node_id,
+        reply_to_message_id=meta.reply_to_message_id, group_id=meta.group_id if group_id is None else group_id,
+        created_at=meta.created_at, ttl=meta.ttl, message_type=message_type, src_task_id=meta.src_task_id,
+        dst_task_id=meta.dst_task_id,
+    ))
 
 
 def role_query(node_id: int) -> Message:
@@ -78,7 +114,10 @@ class AttackRequest:
     ``get_aggregator(aggregation, aggregation_f, **aggregation_params).for_round(server_round)``
     over ``num_nodes`` rows, ``num_attackers`` of them Byzantine. ``order[i]`` is the row of the
     stack ``[honest..., Byzantine...]`` that the defence sees ``i``-th. ``echo``, if set, is
-    the model another Byzantine node computed this round: send it as it is.
+    the model another Byzantine node computed this round: send it as it is. ``train_config``
+    is the config the honest nodes got with the model, and ``names`` the record names of
+    the model and of that config in their instruction (a node that trains on flipped labels
+    rebuilds the instruction from them).
     """
 
     server_round: int
@@ -93,15 +132,17 @@ class AttackRequest:
     model: ArrayRecord
     honest: Tensor | None = None
     echo: ArrayRecord | None = None
+    train_config: ConfigRecord = field(default_factory=ConfigRecord)
+    names: tuple[str, str] = ("arrays", "config")
 
     def to_message(self, node_id: int) -> Message:
         config = ConfigRecord({
             "server-round": self.server_round, "gamma": self.gamma, "server-lr": self.server_lr,
             "aggregation": self.aggregation, "aggregation-f": self.aggregation_f,
             "aggregation-params": json.dumps(self.aggregation_params), "num-nodes": self.num_nodes,
-            "num-attackers": self.num_attackers, "order": list(self.order),
+            "num-attackers": self.num_attackers, "order": list(self.order), "names": list(self.names),
         })
-        content = RecordDict({MODEL_RECORD: self.model, CONFIG_RECORD: config})
+        content = RecordDict({MODEL_RECORD: self.model, CONFIG_RECORD: config, TRAIN_CONFIG_RECORD: self.train_config})
         if self.honest is not None:
             content[HONEST_RECORD] = ArrayRecord({GRADIENTS: Array(self.honest.detach().cpu().numpy())})
         if self.echo is not None:
@@ -123,7 +164,13 @@ class AttackRequest:
             model=content.array_records[MODEL_RECORD],
             honest=None if honest is None else torch.from_numpy(np.array(honest[GRADIENTS].numpy(), copy=True)),
             echo=content.array_records.get(ECHO_RECORD),
+            train_config=content.config_records[TRAIN_CONFIG_RECORD],
+            names=tuple(str(name) for name in config["names"]),  # type: ignore[arg-type, union-attr]
         )
+
+    def instruction(self) -> RecordDict:
+        """The train instruction the honest nodes got this round (model and config under their record names)."""
+        return RecordDict({self.names[0]: self.model, self.names[1]: self.train_config})
 
 
 @dataclass
@@ -145,3 +192,53 @@ class AttackReply:
             )
         content = reply.content
         return cls(content.array_records[MODEL_RECORD], dict(content.metric_records.get(METRICS_RECORD, {})))
+
+
+@dataclass
+class ScoreRequest:
+    """``k`` candidate models for an honest node to evaluate with its own evaluate handler.
+
+    Candidate ``j`` is ``model`` with its floating entries (``FlatLayout`` order) replaced by
+    ``candidates[j]``; it reaches the handler as an ``evaluate`` instruction holding the model
+    under ``names[0]`` and ``config`` under ``names[1]``.
+    """
+
+    model: ArrayRecord
+    candidates: Tensor
+    config: ConfigRecord
+    names: tuple[str, str] = ("arrays", "config")
+
+    def to_message(self, node_id: int) -> Message:
+        content = RecordDict({
+            MODEL_RECORD: self.model, CANDIDATES_RECORD: ArrayRecord({GRADIENTS: Array(self.candidates.cpu().numpy())}),
+            CONFIG_RECORD: ConfigRecord({"names": list(self.names)}), TRAIN_CONFIG_RECORD: self.config,
+        })
+        return Message(content, dst_node_id=node_id, message_type=SCORE_TYPE)
+
+    @classmethod
+    def from_message(cls, msg: Message) -> ScoreRequest:
+        content = msg.content
+        candidates = torch.from_numpy(np.array(content.array_records[CANDIDATES_RECORD][GRADIENTS].numpy(), copy=True))
+        names = tuple(str(name) for name in content.config_records[CONFIG_RECORD]["names"])  # type: ignore[union-attr]
+        return cls(content.array_records[MODEL_RECORD], candidates, content.config_records[TRAIN_CONFIG_RECORD],
+                   names)  # type: ignore[arg-type]
+
+
+@dataclass
+class ScoreReply:
+    """An honest node's scores: every scalar metric of its evaluate handler's reply, one value per candidate."""
+
+    metrics: dict[str, list[float]]
+
+    def reply_to(self, msg: Message) -> Message:
+        return Message(RecordDict({SCORES_RECORD: MetricRecord(dict(self.metrics))}), reply_to=msg)
+
+    @classmethod
+    def from_reply(cls, reply: Message) -> ScoreReply:
+        if reply.has_error():
+            raise RuntimeError(
+                f"honest node {reply.metadata.src_node_id} failed to score JUMP's candidates with its evaluate "
+                f"handler: {reply.error.reason}"
+            )
+        record = reply.content.metric_records[SCORES_RECORD]
+        return cls({key: [float(v) for v in values] for key, values in record.items()})  # type: ignore[union-attr]

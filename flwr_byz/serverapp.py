@@ -71,7 +71,7 @@ def main(grid: Grid, context: Context) -> None:
         lr_schedule=settings.lr_at, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n,
     )
     adversary = OmniscientAdversary(strategy, attack=settings.attack != "none", seed=settings.seed)
-    log_ = RunLog(settings)
+    log_ = RunLog.of(settings)
     log(INFO, "Results of %s go to %s", settings.name, log_.path)
     start = time.time()
     adversary.start(

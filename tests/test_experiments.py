@@ -13,7 +13,7 @@ from flwr_byz.experiments.results import RunLog, is_complete, read_run, results_
 
 def fake_run(tmp_path, attack, accuracies, rounds=20, finish=True, **settings):
     settings = RunSettings(attack=attack, rounds=rounds, results_dir=str(tmp_path), **settings)
-    log = RunLog(settings)
+    log = RunLog.of(settings)
     for i, acc in enumerate(accuracies):
         log.append({"round": 10 * i, "test-accuracy": acc, "train-loss": math.nan})
     return log.finish() if finish else log.partial
@@ -52,8 +52,8 @@ def test_a_run_is_complete_only_with_its_footer_and_its_exact_settings(tmp_path)
 def test_starting_a_run_never_touches_a_finished_file(tmp_path):
     finished = fake_run(tmp_path, "sf", [0.1, 0.2, 0.3])
     before = finished.read_bytes()
-    RunLog(RunSettings(attack="sf", rounds=20, results_dir=str(tmp_path))).append({"round": 0})  # same settings
-    RunLog(RunSettings(attack="sf", rounds=20, momentum=0.0, results_dir=str(tmp_path)))  # other settings
+    RunLog.of(RunSettings(attack="sf", rounds=20, results_dir=str(tmp_path))).append({"round": 0})  # same settings
+    RunLog.of(RunSettings(attack="sf", rounds=20, momentum=0.0, results_dir=str(tmp_path)))  # other settings
     assert finished.read_bytes() == before and read_run(finished)[1][-1]["round"] == 20
 
 

@@ -140,8 +140,9 @@ def test_bucketing_order_seen_by_the_attack_is_the_defence_order():
 
 
 def test_the_real_client_app_answers_roles_with_its_attack_sharing():
-    contexts = simulation_contexts(run_config(attack="jump"), 4)
+    contexts = simulation_contexts(run_config(attack="jump"), 5)
     grid = LoopbackGrid(flwr_byz_app, contexts)
-    adversary = OmniscientAdversary(RobustStrategy(aggregation="cm", f=1))
-    assert adversary.discover_roles(grid) == {3, 4}
-    assert adversary.roles[1] == NodeRole(False, 0, False) and adversary.roles[4] == NodeRole(True, 3, True)
+    adversary = OmniscientAdversary(RobustStrategy(aggregation="cm", f=2))
+    assert adversary.discover_roles(grid) == {4, 5}
+    assert adversary.roles[1] == NodeRole(False, 0, False, "jump")
+    assert adversary.roles[5] == NodeRole(True, 4, True, "jump")

@@ -22,7 +22,7 @@ def role(msg: Message, context: Context) -> Message:
     settings = RunSettings.from_run_config(context.run_config)
     node = Role.of(context, settings)
     shared = node.byzantine and settings.attack != "none" and ATTACKS[settings.attack].shared
-    return NodeRole(node.byzantine, node.partition_id, shared).reply_to(msg)
+    return NodeRole(node.byzantine, node.partition_id, shared, settings.attack, settings.attack_params).reply_to(msg)
 
 
 @app.train()

@@ -45,7 +45,7 @@ def run(settings: RunSettings, nodes: int = 15, device: torch.device | str | Non
     checkpoints = checkpoint_every > 0 and stepper is sim
     saved = _resume(settings, sim.device) if checkpoints else None
     rows: list[dict[str, Any]] = saved["rows"] if saved else []
-    log = RunLog(settings)
+    log = RunLog.of(settings)
     for row in rows:
         log.append(row)
     if saved:
@@ -92,7 +92,7 @@ def _resume(settings: RunSettings, device: torch.device) -> dict[str, Any] | Non
     if not path.exists():
         return None
     saved: dict[str, Any] = torch.load(path, weights_only=False, map_location=device)
-    if not same_run(saved.get("settings"), settings):
+    if not same_run(saved.get("settings"), settings.to_run_config()):
         logger.warning("[%s] ignoring %s: it was saved with other settings", settings.name, path)
         return None
     return saved

@@ -33,14 +33,19 @@ def results_path(settings: RunSettings) -> Path:
 
 
 class RunLog:
-    """JSON-lines log of one run being written: ``{"settings": ...}``, rows, then ``finish()``."""
+    """JSON-lines log of one run being written to ``path``: ``{"settings": header}``, rows, then ``finish()``."""
 
-    def __init__(self, settings: RunSettings) -> None:
-        self.path = results_path(settings)
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path = path
         self.partial = self.path.with_name(self.path.name + PARTIAL)
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         with self.partial.open("w") as out:
-            out.write(json.dumps({"settings": settings.to_run_config()}) + "\n")
+            out.write(json.dumps({"settings": header}) + "\n")
+
+    @classmethod
+    def of(cls, settings: RunSettings) -> RunLog:
+        """The log of the simulated run ``settings`` (at :func:`results_path`)."""
+        return cls(results_path(settings), settings.to_run_config())
 
     def append(self, row: dict[str, Any]) -> None:
         with self.partial.open("a") as out:
@@ -78,19 +83,23 @@ def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def is_complete(settings: RunSettings) -> bool:
     """Whether the run of these settings finished (footer written, stored settings equal but for results-dir)."""
-    path = results_path(settings)
+    return finished(results_path(settings), settings.to_run_config())
+
+
+def finished(path: Path, header: dict[str, Any]) -> bool:
+    """Whether ``path`` holds a finished run (footer written) with settings ``header`` (but for results-dir)."""
     try:
         lines = path.read_text().splitlines()
-        header, footer = json.loads(lines[0]), json.loads(lines[-1])
+        stored, footer = json.loads(lines[0]), json.loads(lines[-1])
     except (OSError, IndexError, json.JSONDecodeError):
         return False
-    return same_run(header.get("settings"), settings) and footer.get("complete") is True
+    return same_run(stored.get("settings"), header) and footer.get("complete") is True
 
 
-def same_run(stored: Any, settings: RunSettings) -> bool:
-    """Whether stored run-config settings describe the run of ``settings`` (where the store lies aside: a moved
+def same_run(stored: Any, header: dict[str, Any]) -> bool:
+    """Whether stored settings describe the run of settings ``header`` (where the store lies aside: a moved
     store keeps its runs)."""
     def placeless(config: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in config.items() if k != "results-dir"}
 
-    return isinstance(stored, dict) and placeless(stored) == placeless(settings.to_run_config())
+    return isinstance(stored, dict) and placeless(stored) == placeless(header)

@@ -43,8 +43,12 @@ def claim(folder: Path | str, honest: int) -> None:
 
 
 def failure_path(settings: RunSettings) -> Path:
-    path = results_path(settings)
-    return path.with_name(path.name.removesuffix(".jsonl") + FAILED)
+    return failure_of(results_path(settings))
+
+
+def failure_of(results: Path) -> Path:
+    """Where the failure of the run stored at ``results`` is recorded."""
+    return results.with_name(results.name.removesuffix(".jsonl") + FAILED)
 
 
 def status(settings: RunSettings) -> str:
@@ -56,10 +60,14 @@ def status(settings: RunSettings) -> str:
 
 def record_failure(settings: RunSettings, error: str) -> Path:
     """Record that the run failed with ``error`` (atomically); the record's path."""
-    path = failure_path(settings)
+    return write_failure(failure_path(settings), settings.to_run_config(), error)
+
+
+def write_failure(path: Path, header: dict[str, Any], error: str) -> Path:
+    """Write the failure record ``{"settings": header, "error": error}`` to ``path`` atomically; ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"settings": settings.to_run_config(), "error": error}, indent=1))
+    tmp.write_text(json.dumps({"settings": header, "error": error}, indent=1))
     os.replace(tmp, path)
     return path
 

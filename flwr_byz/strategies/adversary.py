@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy import (
     Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Strategy,
 )
 from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from ..protocol import AttackReply, AttackRequest, NodeRole, role_query
+from ..attacks import get_attack
+from ..clients.byzantine import byzantine_model
+from ..config import parse_params
+from ..protocol import HONEST_ORACLE, AttackReply, AttackRequest, NodeRole, retyped, role_query
 from ..records import to_tensors
+from .oracle import EvaluateOracle
 from .robust import RobustStrategy, pseudo_gradients
 from .screening import screen_replies
 
@@ -62,6 +69,23 @@ def defended_rule(strategy: Strategy, n: int) -> DefendedRule:
     )
 
 
+F_FREE_RULES = ("mean", "cm", "gm")  # rules whose output does not depend on the f they are given
+EVENT = "flwr-byz-event "  # prefix of the hook's log lines that `flwr-byz audit` reads back
+
+
+def tolerated_f(rule: DefendedRule, n: int) -> int:
+    """The most Byzantine nodes among ``n`` the defence is built for: fewer than half (no rule
+    survives ``f >= n/2``), and at most the rule's own ``f`` when its output depends on it (Krum, TM,
+    NNM, Bulyan, ...). The f-free rules (mean, CM, GM: FedAvg, FedMedian) get the first bound."""
+    bound = (n - 1) // 2
+    return bound if rule.spec in F_FREE_RULES else min(bound, rule.f)
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Log ``{"event": event, **fields}`` as one JSON line after :data:`EVENT`."""
+    log(INFO, "%s%s", EVENT, json.dumps({"event": event, **fields}, default=float))
+
+
 class OmniscientAdversary(Strategy):
     """Run ``strategy`` with Byzantine nodes driven by an omniscient adversary.
 
@@ -76,12 +100,22 @@ class OmniscientAdversary(Strategy):
     and all replies, in a seeded shuffle of the nodes' rank order, go to the wrapped
     strategy, which cannot tell who is who. A Byzantine node that fails stops the run.
     Training metrics are the honest replies' plus the attack's (``jump-lambda``, ...).
-    With ``attack=False`` the Byzantine nodes stay silent (the defence alone: a baseline).
+    With ``attack=False``, or attack ``none`` in the nodes' roles, the Byzantine nodes stay
+    silent (the defence alone: a baseline). More attacking nodes than the defence tolerates
+    (:func:`tolerated_f`) stop the run before round 1.
+
+    Nodes of a user's app wrapped with ``flwr_byz.clients.byzantine`` have the user's code but
+    not the honest data: for JUMP the hook runs the attack itself, scoring candidate models with
+    the honest nodes' own evaluate handlers (:class:`~flwr_byz.strategies.oracle.EvaluateOracle`,
+    metric ``loss_key``; ``None``: the one metric named ``*loss*``), and the Byzantine nodes send
+    its model. Every round's training metrics and every evaluation (centralised, through
+    :meth:`start`'s ``evaluate_fn``, and federated) are also logged as JSON lines (:data:`EVENT`).
     """
 
     def __init__(self, strategy: Strategy, defended: DefendedRule | None = None, attack: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, loss_key: str | None = None) -> None:
         self.strategy, self.defended, self.attack = strategy, defended, attack
+        self.seed, self.loss_key = seed, loss_key
         self.rng = random.Random(seed)
         self.roles: dict[int, NodeRole] | None = None
         self._grid: Grid | None = None
@@ -102,17 +136,44 @@ class OmniscientAdversary(Strategy):
         """Node ids of the Byzantine nodes (after role discovery)."""
         return {node for node, role in (self.roles or {}).items() if role.byzantine}
 
+    @property
+    def attacking(self) -> bool:
+        """Whether the Byzantine nodes attack (``attack`` on and an attack in their roles)."""
+        return self.attack and any(role.attack != "none" for role in (self.roles or {}).values() if role.byzantine)
+
     # --------------------------------------------------------------- roles
     def discover_roles(self, grid: Grid) -> set[int]:
-        """Ask every node once for its :class:`NodeRole`; the Byzantine node ids."""
-        if self.roles is None:
-            nodes = list(grid.get_node_ids())
+        """Ask every node not asked yet for its :class:`NodeRole`; the Byzantine node ids. The first time,
+        check that the defence tolerates the attacking nodes and log it (event ``defence``)."""
+        first = self.roles is None
+        self.roles = self.roles or {}
+        nodes = [node for node in grid.get_node_ids() if node not in self.roles]
+        if nodes:
             replies = list(grid.send_and_receive([role_query(node) for node in nodes]))
             if len(replies) != len(nodes):
                 raise RuntimeError(f"role discovery: {len(nodes) - len(replies)} of {len(nodes)} nodes did not answer")
-            self.roles = {r.metadata.src_node_id: NodeRole.from_reply(r) for r in replies}
-            log(INFO, "Adversary: %d Byzantine of %d nodes", len(self.byzantine), len(nodes))
+            self.roles |= {r.metadata.src_node_id: NodeRole.from_reply(r) for r in replies}
+            log(INFO, "Adversary: %d Byzantine of %d nodes", len(self.byzantine), len(self.roles))
+        if first:
+            self._check_defence(len(self.roles))
         return self.byzantine
+
+    def _check_defence(self, n: int) -> None:
+        """Raise if more nodes attack than the defence tolerates; log the defence (event ``defence``)."""
+        try:
+            rule = self.defended or defended_rule(self.strategy, n)
+        except ValueError:
+            if self.attacking:
+                raise
+            return
+        f, tolerated = len(self.byzantine), tolerated_f(rule, n)
+        emit("defence", strategy=type(self.strategy).__name__, rule=rule.spec, rule_f=rule.f, nodes=n, byzantine=f,
+             tolerated_f=tolerated)
+        if self.attacking and f > tolerated:
+            half = " (no rule tolerates half the nodes)" if f > (n - 1) // 2 else (
+                f", or configure {type(self.strategy).__name__} for f={f}")
+            raise ValueError(f"{f} Byzantine nodes of {n}, but {type(self.strategy).__name__} ({rule.spec}, "
+                             f"f={rule.f}) tolerates at most {tolerated}: lower num-byzantine to {tolerated}{half}")
 
     def _rank(self, node: int) -> tuple[int, int]:
         role = (self.roles or {}).get(node)
@@ -141,7 +202,7 @@ class OmniscientAdversary(Strategy):
         valid = screen_replies(honest, self._global_arrays(), self.weight_key).valid if self._instruction else []
         attacks: list[Message] = []
         attack_metrics: dict[str, float] = {}
-        if self.attack and self._byzantine_nodes and valid:
+        if self.attacking and self._byzantine_nodes and valid:
             valid_row = {id(r): j for j, r in enumerate(valid)}
 
             def row(i: int) -> int | None:  # reply i's row in the attack's stack [valid honest, Byzantine]
@@ -151,25 +212,32 @@ class OmniscientAdversary(Strategy):
             attacks, attack_metrics = self._attack(server_round, valid, order)
         elif self._byzantine_nodes:
             log(WARNING, "Round %d: Byzantine nodes silent (%s)", server_round,
-                "attack off" if not self.attack else "no valid honest reply to attack")
+                "attack off" if not self.attacking else "no valid honest reply to attack")
         everything = honest + attacks
         arrays, metrics = self.strategy.aggregate_train(
             server_round, [everything[i] for i in shuffle if i < len(everything)]
         )
         self.train_metrics[server_round] = self._metrics(valid or honest, attack_metrics, metrics)
+        emit("train", round=server_round, time=time.time(), metrics=dict(self.train_metrics[server_round]))
         return arrays, self.train_metrics[server_round]
+
+    def _names(self) -> tuple[str, str]:
+        """Record names of the model and the config in this round's train instruction."""
+        assert self._instruction is not None
+        arrays, config = (getattr(self.strategy, attr, None) for attr in ("arrayrecord_key", "configrecord_key"))
+        if arrays not in self._instruction:
+            arrays = next(iter(self._instruction.array_records))
+        if config not in self._instruction:
+            config = next(iter(self._instruction.config_records), "config")
+        return str(arrays), str(config)
 
     def _global_arrays(self) -> ArrayRecord:
         assert self._instruction is not None
-        key = getattr(self.strategy, "arrayrecord_key", None)
-        return self._instruction[key] if key in self._instruction else next(iter(self._instruction.array_records.values()))
+        return self._instruction.array_records[self._names()[0]]
 
     def _train_config(self) -> ConfigRecord:
         assert self._instruction is not None
-        key = getattr(self.strategy, "configrecord_key", None)
-        if key in self._instruction:
-            return self._instruction[key]
-        return next(iter(self._instruction.config_records.values()), ConfigRecord())
+        return self._instruction.config_records.get(self._names()[1], ConfigRecord())
 
     def _attack(self, server_round: int, honest: list[Message], order: list[int]) -> tuple[list[Message], dict]:
         """The Byzantine nodes' replies, disguised as honest ones, and the attack's metrics.
@@ -188,16 +256,33 @@ class OmniscientAdversary(Strategy):
         request = AttackRequest(
             server_round=server_round, gamma=gamma, server_lr=rule.server_lr, aggregation=rule.spec,
             aggregation_f=rule.f, aggregation_params=rule.params, num_nodes=n, num_attackers=len(nodes),
-            order=order, model=global_arrays, honest=gradients,
+            order=order, model=global_arrays, honest=gradients, train_config=config, names=self._names(),
         )
         assert self.roles is not None
-        shared = all(self.roles[node].shared for node in nodes)
-        answered = self._exchange([request.to_message(node) for node in (nodes[:1] if shared else nodes)])
-        if shared and len(nodes) > 1:  # one node computed the vector: the others send the same model
-            echo = dataclasses.replace(request, honest=None, echo=answered[0][1].model)
-            answered += self._exchange([echo.to_message(node) for node in nodes[1:]])
-        template, camouflage = honest[0], _mean_metrics(honest)
-        return [disguise(reply, answer, template, camouflage) for reply, answer in answered], answered[0][1].metrics
+        if all(self.roles[node].oracle == HONEST_ORACLE and self.roles[node].attack == "jump" for node in nodes):
+            here, metrics = self._attack_here(request, [r.metadata.src_node_id for r in honest])
+            answered = self._exchange([dataclasses.replace(request, honest=None, echo=here.model).to_message(node)
+                                       for node in nodes])
+        else:
+            shared = all(self.roles[node].shared for node in nodes)
+            answered = self._exchange([request.to_message(node) for node in (nodes[:1] if shared else nodes)])
+            if shared and len(nodes) > 1:  # one node computed the vector: the others send the same model
+                echo = dataclasses.replace(request, honest=None, echo=answered[0][1].model)
+                answered += self._exchange([echo.to_message(node) for node in nodes[1:]])
+            metrics = answered[0][1].metrics
+        camouflage = _mean_metrics(honest)
+        return [disguise(reply, answer, honest[0], camouflage) for reply, answer in answered], metrics
+
+    def _attack_here(self, request: AttackRequest, honest_nodes: list[int]) -> tuple[AttackReply, dict[str, float]]:
+        """JUMP computed by the hook, its honest loss scored by the honest nodes' evaluate handlers; the
+        model and metrics with ``oracle-calls`` and ``oracle-seconds`` (the scoring's share of ``attack-seconds``)."""
+        assert self._grid is not None and self.roles is not None
+        role = self.roles[self._byzantine_nodes[0]]
+        attack = get_attack(role.attack, **parse_params(role.attack_params, "attack-params"))
+        oracle = EvaluateOracle(self._grid, honest_nodes, request.model, request.names,
+                                ConfigRecord({"server-round": request.server_round}), self.loss_key, self.weight_key)
+        reply = byzantine_model(request, attack, self.seed, role.rank, honest_loss=oracle)
+        return reply, {**reply.metrics, "oracle-calls": float(oracle.calls), "oracle-seconds": oracle.seconds}
 
     def _exchange(self, messages: list[Message]) -> list[tuple[Message, AttackReply]]:
         """Send attack requests; each reply with its decoded answer, in the order sent. A failed or
@@ -232,7 +317,24 @@ class OmniscientAdversary(Strategy):
         return [m for m in messages if m.metadata.dst_node_id not in byzantine]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            emit("federated-evaluate", round=server_round, metrics=dict(metrics))
+        return metrics
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        """``Strategy.start``, logging each result of ``evaluate_fn`` (event ``evaluate``)."""
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            assert evaluate_fn is not None
+            metrics = evaluate_fn(server_round, arrays)
+            if metrics is not None:
+                emit("evaluate", round=server_round, metrics=dict(metrics))
+            return metrics
+
+        return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config,
+                             evaluate if evaluate_fn else None)
 
     def summary(self) -> None:
         log(INFO, "\t├──> Omniscient adversary around %s (attack %s)", type(self.strategy).__name__,
@@ -252,14 +354,7 @@ def disguise(reply: Message, answer: AttackReply, template: Message, metrics: Me
             content[name] = MetricRecord(dict(metrics))
         else:
             content[name] = ConfigRecord(dict(record))
-    meta, honest = reply.metadata, template.metadata
-    metadata = Metadata(
-        run_id=meta.run_id, message_id=meta.message_id, src_node_id=meta.src_node_id,
-        dst_node_id=meta.dst_node_id, reply_to_message_id=meta.reply_to_message_id, group_id=honest.group_id,
-        created_at=meta.created_at, ttl=meta.ttl, message_type=honest.message_type,
-        src_task_id=meta.src_task_id, dst_task_id=meta.dst_task_id,
-    )
-    return Message(content=content, metadata=metadata)
+    return retyped(reply, content, template.metadata.message_type, template.metadata.group_id)
 
 
 def _mean_metrics(replies: list[Message]) -> MetricRecord:

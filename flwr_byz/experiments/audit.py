@@ -1,0 +1,255 @@
+"""`flwr-byz audit`: a user's own Flower app under a grid of attacks x f x seeds, through `flwr run`.
+
+The app needs two lines: ``app = byzantine(app)`` in its client app and
+``OmniscientAdversary(strategy)`` in its server app. Flower refuses ``--run-config`` keys an app
+does not declare, so the audit runs a staged copy whose run config also declares the wrapper's keys
+(:data:`flwr_byz.clients.wrapper.RUN_CONFIG`). Each run reads the hook's JSON log lines
+(``flwr_byz.strategies.adversary.EVENT``) back from `flwr run`'s output: the defence and the f it
+tolerates, every evaluation of the app's own ``evaluate_fn`` (and federated evaluation, as
+``federated-<metric>``) and every round's training and attack metrics. Runs go to a results
+store (``<out>/runs``, one file per run keyed by its settings and the app's source), so an
+interrupted audit resumes where it stopped. The clean reference is attack ``none`` with no Byzantine
+node; the grid covers f = 1 .. the largest f the strategy tolerates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import sys
+import time
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import tomli_w
+
+from ..attacks import ATTACKS
+from ..clients.wrapper import RUN_CONFIG
+from ..strategies.adversary import EVENT
+from . import audit_report, store
+from .flower import FlowerLauncher
+from .results import RunLog, finished
+
+DEFAULT_ATTACKS = ("none", "sf", "alie", "foe", "minmax", "minsum", "mimic", "jump")
+ROUNDS_KEYS = ("num-server-rounds", "num-rounds", "rounds")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+SOURCES = ("*.py", "pyproject.toml")
+
+
+def app_config(app_dir: Path) -> dict[str, Any]:
+    """The app's ``[tool.flwr.app.config]``; ``ValueError`` if ``app_dir`` is not a Flower app."""
+    pyproject = Path(app_dir) / "pyproject.toml"
+    if not pyproject.is_file():
+        raise ValueError(f"{app_dir} is not a Flower app: no pyproject.toml")
+    app = tomllib.loads(pyproject.read_text()).get("tool", {}).get("flwr", {}).get("app")
+    if app is None:
+        raise ValueError(f"{pyproject} has no [tool.flwr.app] table: not a Flower app")
+    return dict(app.get("config", {}))
+
+
+def source_hash(app_dir: Path) -> str:
+    """SHA-256 (12 hex digits) of the app's Python sources and pyproject: runs of edited code never mix."""
+    digest = hashlib.sha256()
+    for path in sorted(p for pattern in SOURCES for p in Path(app_dir).rglob(pattern) if "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(app_dir)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def stage(app_dir: Path, dest: Path) -> Path:
+    """A copy of the app at ``dest`` whose run config also declares the wrapper's keys (``attack``,
+    ``num-byzantine``, ``attack-params``, ``seed``: those the app lacks, at their defaults)."""
+    config = app_config(app_dir)
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(app_dir, dest, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".flwr*"))
+    pyproject = tomllib.loads((dest / "pyproject.toml").read_text())
+    pyproject["tool"]["flwr"]["app"]["config"] = {**RUN_CONFIG, **config}
+    (dest / "pyproject.toml").write_text(tomli_w.dumps(pyproject))
+    return dest
+
+
+@dataclass(frozen=True)
+class AuditRun:
+    """One run of the audit: ``attack`` with ``f`` Byzantine nodes of ``nodes``, ``seed``, ``rounds``
+    (``None``: the app's own) and the run-config passthrough, on the app ``app`` whose sources hash to ``source``."""
+
+    app: str
+    source: str
+    nodes: int
+    attack: str
+    f: int
+    seed: int
+    rounds: int | None = None
+    run_config: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def header(self) -> dict[str, Any]:
+        return {"app": self.app, "source": self.source, "num-supernodes": self.nodes, "attack": self.attack,
+                "num-byzantine": self.f, "seed": self.seed, "rounds": self.rounds, "run-config": dict(self.run_config)}
+
+    @property
+    def name(self) -> str:
+        return f"{self.attack}_f{self.f}_s{self.seed}"
+
+    def path(self, folder: Path) -> Path:
+        key = hashlib.sha256(json.dumps(self.header, sort_keys=True).encode()).hexdigest()[:12]
+        return folder / f"{self.name}_{key}.jsonl"
+
+    def overrides(self, rounds_key: str | None) -> dict[str, Any]:
+        """The ``--run-config`` of this run."""
+        rounds = {rounds_key: self.rounds} if rounds_key and self.rounds is not None else {}
+        return {**dict(self.run_config), **rounds, "attack": self.attack, "num-byzantine": self.f, "seed": self.seed}
+
+
+def events(output: str) -> Iterator[dict[str, Any]]:
+    """The hook's events in a run's output."""
+    for line in output.splitlines():
+        _, mark, payload = ANSI.sub("", line).partition(EVENT)
+        if mark:
+            yield json.loads(payload)
+
+
+def rows(found: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per round: the app's evaluation metrics, federated ones as ``federated-<key>``, the round's
+    training and attack metrics (``train-<key>`` where a name is taken) and ``time`` (end of training)."""
+    by_round: dict[int, dict[str, Any]] = {}
+    for event in found:
+        kind = event["event"]
+        if kind not in ("train", "evaluate", "federated-evaluate"):
+            continue
+        row = by_round.setdefault(int(event["round"]), {"round": int(event["round"])})
+        prefix = "federated-" if kind == "federated-evaluate" else ""
+        for key, value in event["metrics"].items():
+            name = prefix + key
+            row["train-" + key if kind == "train" and name in row else name] = value
+        if kind == "train":
+            row["time"] = event["time"]
+    return [by_round[r] for r in sorted(by_round)]
+
+
+def tail(output: str, lines: int = 25) -> str:
+    """The last ``lines`` lines of a run's output, colours removed: where its error is."""
+    return "\n".join(ANSI.sub("", output).strip().splitlines()[-lines:])
+
+
+@dataclass
+class Audit:
+    """The audit of one app: its staged copy, the store and the settings shared by every run."""
+
+    app_dir: Path
+    out: Path
+    nodes: int = 10
+    rounds: int | None = None
+    rounds_key: str | None = None
+    run_config: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 3600
+    echo: TextIO = sys.stdout
+
+    def __post_init__(self) -> None:
+        self.app_dir, self.out = Path(self.app_dir).resolve(), Path(self.out).resolve()
+        config = app_config(self.app_dir)
+        unknown = sorted(set(self.run_config) - set(config) - set(RUN_CONFIG))
+        if unknown:
+            raise ValueError(f"--run-config keys {unknown} are not in the app's [tool.flwr.app.config] "
+                             f"(it has {sorted(config)})")
+        if self.rounds is not None and self.rounds_key is None:
+            found = [key for key in ROUNDS_KEYS if key in config]
+            if not found:
+                raise ValueError(f"--rounds: the app's run config has none of {', '.join(ROUNDS_KEYS)}; name its "
+                                 "rounds key with --rounds-key")
+            self.rounds_key = found[0]
+        if self.nodes < 2:
+            raise ValueError(f"--num-supernodes must be at least 2, got {self.nodes}")
+        self.runs_dir = self.out / "runs"
+        self.source = source_hash(self.app_dir)
+        self.name = self.app_dir.name
+
+    def run_of(self, attack: str, f: int, seed: int) -> AuditRun:
+        return AuditRun(self.name, self.source, self.nodes, attack, f, seed, self.rounds,
+                        tuple(sorted(self.run_config.items())))
+
+    def execute(self, launcher: FlowerLauncher, run: AuditRun) -> tuple[dict, list[dict], dict] | None:
+        """Run ``run`` unless it finished before; its ``(settings, rows, footer)``, or None if it failed (recorded
+        in ``<name>_<key>.failed.json`` with the end of its output)."""
+        path = run.path(self.runs_dir)
+        if not finished(path, run.header):
+            start = time.time()
+            outcome = launcher.run(self.out / "app", run.overrides(self.rounds_key), num_supernodes=self.nodes,
+                                   timeout=self.timeout)
+            found = list(events(outcome.output))
+            table = rows(found)
+            if not outcome.ok or not table:
+                why = "" if table else ("no flwr-byz events in its output: wrap the ServerApp's strategy in "
+                                        "flwr_byz.strategies.OmniscientAdversary and run it with strategy.start()\n")
+                store.write_failure(store.failure_of(path), run.header, f"{why}status {outcome.status}\n"
+                                    f"{tail(outcome.output)}")
+                self.say(f"  {run.name}: FAILED ({outcome.status}) -> {store.failure_of(path)}")
+                return None
+            log = RunLog(path, run.header)
+            for row in table:
+                log.append(row)
+            defence = next((e for e in found if e["event"] == "defence"), None)
+            log.finish(seconds=round(time.time() - start, 3), defence=defence)
+            store.failure_of(path).unlink(missing_ok=True)
+            self.say(f"  {run.name}: {len(table)} rounds in {time.time() - start:.0f} s")
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        return lines[0]["settings"], lines[1:-1], lines[-1]
+
+    def say(self, text: str) -> None:
+        self.echo.write(text + "\n")
+        self.echo.flush()
+
+    def run(self, attacks: Sequence[str], fs: Sequence[int] | None, seeds: Sequence[int], metric: str,
+            threshold: float = 0.5) -> tuple[Path, list[Path], list[AuditRun]]:
+        """Baselines, then the grid; the report (``<out>/report``), its files and the runs that failed."""
+        unknown = [a for a in attacks if a != "none" and a not in ATTACKS]
+        if unknown or not seeds:
+            raise ValueError(f"unknown attacks {unknown}; valid: none, {', '.join(ATTACKS)}" if unknown
+                             else "--seeds: give at least one seed")
+        if not 0 < threshold <= 1:
+            raise ValueError(f"--threshold must be in (0, 1], got {threshold}")
+        stage(self.app_dir, self.out / "app")
+        failed: list[AuditRun] = []
+        done: list[tuple[dict, list[dict], dict]] = []
+        with FlowerLauncher(self.out / ".flwr-home") as launcher:
+            self.say(f"audit of {self.app_dir} on {self.nodes} nodes -> {self.out}")
+            for seed in seeds:
+                baseline = self.run_of("none", 0, seed)
+                result = self.execute(launcher, baseline)
+                if result is None:
+                    raise RuntimeError(f"the app failed without attack, so nothing else can run:\n"
+                                       f"{json.loads(store.failure_of(baseline.path(self.runs_dir)).read_text())['error']}")
+                done.append(result)
+            audit_report.final_value(done[0][1], metric)  # a metric the app does not report fails here
+            grid = self.grid(done[0][2].get("defence"), fs)
+            todo = [self.run_of(a, f, s) for f in grid for a in attacks if a != "none" for s in seeds]
+            self.say(f"tolerated f: {grid[-1]}; {len(todo)} attacked runs "
+                     f"({sum(finished(r.path(self.runs_dir), r.header) for r in todo)} finished before)")
+            for i, run in enumerate(todo, 1):
+                self.say(f"[{i}/{len(todo)}] attack={run.attack} f={run.f} seed={run.seed}")
+                result = self.execute(launcher, run)
+                if result is None:
+                    failed.append(run)
+                else:
+                    done.append(result)
+        report, paths = audit_report.write_report(done, self.out / "report", metric, threshold, title=self.name)
+        return report, paths, failed
+
+    def grid(self, defence: dict[str, Any] | None, fs: Sequence[int] | None) -> list[int]:
+        """The f values to audit: ``fs``, or 1 .. the tolerated f the hook logged; each checked against it."""
+        if defence is None:
+            raise ValueError("the app's ServerApp logged no defence: wrap its strategy in "
+                             "flwr_byz.strategies.OmniscientAdversary (a strategy flwr_byz does not know needs "
+                             "OmniscientAdversary(strategy, defended=DefendedRule(spec, f)))")
+        tolerated = int(defence["tolerated_f"])
+        what = f"{defence['strategy']} ({defence['rule']}, f={defence['rule_f']}) on {defence['nodes']} nodes"
+        if tolerated < 1:
+            raise ValueError(f"{what} tolerates no Byzantine node: configure it for f >= 1 or use more nodes")
+        too_many = [f for f in fs or () if not 1 <= f <= tolerated]
+        if too_many:
+            raise ValueError(f"--f {too_many}: {what} tolerates 1 <= f <= {tolerated}")
+        return sorted(set(fs)) if fs else list(range(1, tolerated + 1))

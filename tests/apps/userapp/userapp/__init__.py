@@ -1,0 +1,1 @@
+"""userapp: a PyTorch Flower app like those `flwr new` generates, on offline MNIST."""

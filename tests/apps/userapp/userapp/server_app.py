@@ -1,0 +1,43 @@
+"""userapp: the ServerApp (flwr new's PyTorch template), its strategy inside flwr_byz's adversary hook."""
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, FedMedian
+
+from flwr_byz.serverapp import wait_for_nodes
+from flwr_byz.strategies import OmniscientAdversary, RobustStrategy
+
+from .task import Net, load_test, test
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = context.run_config
+    torch.manual_seed(int(config["seed"]))
+    n = wait_for_nodes(grid)
+    common = {"fraction_evaluate": 0.0, "min_train_nodes": n, "min_available_nodes": n}
+    strategy = {
+        "fedavg": lambda: FedAvg(**common),
+        "fedmedian": lambda: FedMedian(**common),
+        "robust": lambda: RobustStrategy(aggregation=str(config["aggregation"]), f=int(config["robust-f"]), **common),
+    }[str(config["strategy"])]()
+    strategy = OmniscientAdversary(strategy, seed=int(config["seed"]))  # flwr-byz: the adversary hook
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(Net().state_dict()),
+        train_config=ConfigRecord({"lr": float(config["lr"])}),
+        num_rounds=int(config["num-server-rounds"]),
+        evaluate_fn=global_evaluate,
+    )
+    print(f"final accuracy {global_evaluate(0, result.arrays)['accuracy']:.4f}")
+
+
+def global_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    """Centralised evaluation on 1000 MNIST test images."""
+    model = Net()
+    model.load_state_dict(arrays.to_torch_state_dict())
+    loss, accuracy = test(model, load_test())
+    return MetricRecord({"accuracy": accuracy, "loss": loss})
