@@ -14,6 +14,7 @@ from pathlib import Path
 from .config import RunSettings
 from .engine import run as run_in_process
 from .engine.planning import check_planning
+from .experiments import audit as audit_app
 from .experiments import executor, store, tables
 from .experiments.executor import PAPER_APP
 from .experiments import sweep as sweep_spec
@@ -187,6 +188,28 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def ints(text: str | None) -> list[int] | None:
+    return None if text is None else [int(v) for v in text.split(",") if v.strip()]
+
+
+def audit(args: argparse.Namespace) -> int:
+    from flwr.common.config import parse_config_args
+
+    app_dir = Path(args.app)
+    out = Path(args.out or Path("results") / "audit" / app_dir.resolve().name)
+    run = audit_app.Audit(app_dir, out, nodes=args.num_supernodes, rounds=args.rounds, rounds_key=args.rounds_key,
+                          run_config=parse_config_args([args.run_config] if args.run_config else None),
+                          timeout=args.timeout)
+    report_path, paths, failed = run.run([a.strip().lower() for a in args.attacks.split(",")], ints(args.f),
+                                         ints(args.seeds) or [], args.metric, args.threshold)
+    print(f"\n{report_path.read_text()}\nreport: {report_path} ({len(paths)} files)")
+    if failed:
+        print(f"failed runs: {', '.join(r.name for r in failed)} (their errors: {out / 'runs'}/*.failed.json)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flwr-byz", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -258,6 +281,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run's accuracy: its maximum over evaluated rounds (the paper's) or its final one")
     p.add_argument("--out", default=None, help="folder for the tables and figures (default: RESULTS/report)")
     p.set_defaults(run=report)
+
+    p = sub.add_parser("audit", help="stress-test your own Flower app: attacks x f through `flwr run`, and a report")
+    p.add_argument("app", help="the app's folder: its ClientApp wrapped with flwr_byz.clients.byzantine(app), its "
+                               "strategy with flwr_byz.strategies.OmniscientAdversary(strategy)")
+    p.add_argument("--attacks", default=",".join(audit_app.DEFAULT_ATTACKS), help="comma-separated attack names")
+    p.add_argument("--f", default=None, help="comma-separated numbers of Byzantine nodes (default: 1 .. the largest "
+                                             "the strategy tolerates)")
+    p.add_argument("--seeds", default="1", help="comma-separated seeds (the run config's `seed`)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds per run (default: the app's own)")
+    p.add_argument("--rounds-key", default=None, help="the app's rounds key (default: num-server-rounds, ...)")
+    p.add_argument("--run-config", default=None, help='more of the app\'s run config, as `flwr run` takes it: '
+                                                      '"lr=0.1 strategy=\'fedmedian\'"')
+    p.add_argument("--metric", default="accuracy", help="the metric of the app's evaluate_fn to report")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="breakdown: the first f at which the metric falls below this fraction of its no-attack value")
+    p.add_argument("--num-supernodes", type=int, default=10, help="nodes per run")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds before a run is stopped")
+    p.add_argument("--out", default=None, help="results store and report (default: results/audit/<app>)")
+    p.set_defaults(run=audit)
     return parser
 
 

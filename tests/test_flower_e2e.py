@@ -93,10 +93,11 @@ def test_adversary_hook_around_a_flower_builtin_feeds_byzantine_nodes_the_honest
         assert seen["structure"][0][1][0] == "train"
         assert set(probe["metrics"][server_round]) == {"train-loss", "attack-seconds"}
     attacks = [records for kind, _, records in probe["sent"] if kind == "train.attack"]
-    assert sorted(map(tuple, attacks)) == sorted([("attack-config", "echo", "model"),
-                                                  ("attack-config", "honest", "model")] * 2)  # 2 rounds
+    assert sorted(map(tuple, attacks)) == sorted([("attack-config", "echo", "model", "train-config"),
+                                                  ("attack-config", "honest", "model", "train-config")] * 2)  # 2 rounds
 
 
+@pytest.mark.slow  # JUMP on a CNN through `flwr run` is also in the default suite: test_audit (userapp)
 def test_mnist_cnn_app_under_jump_records_accuracy_and_lambda(launcher, tmp_path):
     config = {"task": "mnist", "attack": "jump", "num-byzantine": 1, "rounds": 2, "eval-every": 1,
               "eval-size": 500, "jump-loss-size": 64, "results-dir": str(tmp_path)}
@@ -112,6 +113,7 @@ def test_mnist_cnn_app_under_jump_records_accuracy_and_lambda(launcher, tmp_path
                      tmp_path / "engine", nodes=5)
 
 
+@pytest.mark.slow  # two full runs (70 s): the slow job keeps the default suite under 10 minutes
 def test_two_runs_with_the_same_seed_are_identical(launcher, tmp_path):
     config = {"task": "mnist-logreg", "attack": "alie", "num-byzantine": 1, "rounds": 3, "eval-every": 1,
               "eval-size": 1000}

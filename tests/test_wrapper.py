@@ -1,0 +1,225 @@
+"""byzantine(app): a user's own ClientApp made Byzantine-capable, in one process (the real hook, strategies
+and the test app `userapp`, messages delivered by a loopback Grid; `flwr run` versions in test_audit)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
+
+from conftest import ROOT
+from flower_helpers import LoopbackGrid, simulation_contexts
+from flwr_byz.clients import byzantine
+from flwr_byz.clients.wrapper import flipping
+from flwr_byz.protocol import SCORE_TYPE, NodeRole, role_query
+from flwr_byz.strategies import OmniscientAdversary
+from flwr_byz.strategies.adversary import tolerated_f, DefendedRule
+
+sys.path.insert(0, str(ROOT / "tests/apps/userapp"))
+from userapp import client_app as user  # noqa: E402
+from userapp.task import Net, load_data  # noqa: E402
+from userapp.task import test as user_test  # noqa: E402 - not a pytest test
+
+N = 5
+GAMMA = 0.05
+
+
+def config(**overrides) -> dict:
+    return {"num-server-rounds": 1, "strategy": "fedmedian", "aggregation": "nnm+cm", "robust-f": 2,
+            "local-epochs": 1, "lr": GAMMA, "batch-size": 32, "train-examples": 600, "seed": 0, **overrides}
+
+
+def global_model() -> ArrayRecord:
+    torch.manual_seed(0)
+    return ArrayRecord(Net().state_dict())
+
+
+def instruction(kind: str, node: int, arrays: ArrayRecord, server_round: int = 1) -> Message:
+    msg = Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"lr": GAMMA, "server-round": server_round})}),
+                  dst_node_id=node, message_type=kind)
+    msg.metadata.__dict__["_message_id"] = f"{kind}-{node}"
+    return msg
+
+
+def flat(record: ArrayRecord) -> torch.Tensor:
+    return torch.cat([torch.as_tensor(a.numpy()).reshape(-1) for a in record.values()])
+
+
+def one_round(strategy, run_config: dict, n: int = N, **adversary_kwargs):
+    grid = LoopbackGrid(user.app, simulation_contexts(run_config, n))
+    adversary = OmniscientAdversary(strategy, seed=1, **adversary_kwargs)
+    arrays = global_model()
+    messages = adversary.configure_train(1, arrays, ConfigRecord({"lr": GAMMA}), grid)
+    new, metrics = adversary.aggregate_train(1, grid.send_and_receive(messages))
+    return grid, adversary, arrays, new, metrics
+
+
+def test_honest_messages_pass_through_bit_for_bit():
+    """On an honest node (with and without Byzantine nodes in the run) the wrapped app's train and evaluate
+    replies are byte-identical to the user's app's, and the user's own query actions and mods still run."""
+    inner, arrays = user.app.app, global_model()
+    for run_config in (config(), config(attack="sf", **{"num-byzantine": 2})):
+        for kind in ("train", "evaluate"):
+            replies = []
+            for app in (inner, user.app):
+                context = simulation_contexts(run_config, N)[2]
+                replies.append(app(instruction(kind, 2, arrays), context))
+            mine, theirs = replies
+            assert list(mine.content.keys()) == list(theirs.content.keys())
+            for name, record in mine.content.items():
+                if isinstance(record, ArrayRecord):
+                    assert [(k, a.numpy().tobytes()) for k, a in record.items()] == \
+                        [(k, a.numpy().tobytes()) for k, a in theirs.content[name].items()]
+                else:
+                    assert dict(record) == dict(theirs.content[name])
+
+    def tag(msg, context, call):  # a user's mod: must still wrap the user's handlers
+        reply = call(msg, context)
+        reply.content["metrics"]["tagged"] = 1
+        return reply
+
+    custom = ClientApp(mods=[tag])
+    custom.query("ping")(lambda msg, context: Message(RecordDict({"metrics": MetricRecord({"pong": 7})}),
+                                                      reply_to=msg))
+    reply = byzantine(custom)(instruction("query.ping", 1, arrays), simulation_contexts(config(), N)[1])
+    assert dict(reply.content["metrics"]) == {"pong": 7, "tagged": 1}
+
+
+def test_roles_come_from_the_run_config_and_byzantine_nodes_refuse_plain_instructions():
+    contexts = simulation_contexts(config(attack="alie", **{"num-byzantine": 2}), N)
+    grid = LoopbackGrid(user.app, contexts)
+    roles = {r.metadata.src_node_id: NodeRole.from_reply(r) for r in grid.send_and_receive(
+        [role_query(node) for node in contexts])}
+    assert roles[1] == NodeRole(False, 0, False, "alie", "", "honest-nodes")
+    assert roles[5] == NodeRole(True, 4, True, "alie", "", "honest-nodes")
+    assert {node for node, role in roles.items() if role.byzantine} == {4, 5}
+    with pytest.raises(ValueError, match="wrap the ServerApp's strategy in flwr_byz.strategies.OmniscientAdversary"):
+        user.app(instruction("train", 5, global_model()), contexts[5])
+
+
+def test_sf_reply_is_computed_from_the_honest_replies_of_the_round():
+    grid, adversary, theta, new, metrics = one_round(
+        FedAvg(fraction_evaluate=0.0, min_train_nodes=N, min_available_nodes=N), config(attack="sf", **{"num-byzantine": 1}))
+    honest = [r for r in grid.sent if r.metadata.message_type == "train"]
+    assert sorted(m.metadata.dst_node_id for m in honest) == [1, 2, 3, 4]
+    contexts = simulation_contexts(config(), N)
+    theta_i = [flat(next(iter(user.app.app(instruction("train", i, theta), contexts[i]).content.array_records.values())))
+               for i in range(1, 5)]
+    gbar = torch.stack([(flat(theta) - t) / GAMMA for t in theta_i]).mean(0)
+    byzantine_model = flat(theta) + GAMMA * gbar  # SF: a = -gbar
+    expected = (torch.stack(theta_i).sum(0) + byzantine_model) / N  # FedAvg, equal num-examples
+    torch.testing.assert_close(flat(new), expected, rtol=1e-5, atol=1e-6)
+    assert "attack-seconds" in metrics
+
+
+def test_jump_is_scored_with_the_users_evaluate_handler_on_the_honest_nodes():
+    """The hook runs JUMP with the EvaluateOracle: its predicted loss is the num-examples-weighted mean of the
+    user's eval_loss on the honest nodes' data at the model FedMedian then builds, which the Byzantine nodes sent."""
+    grid, adversary, theta, new, metrics = one_round(
+        FedMedian(fraction_evaluate=0.0, min_train_nodes=N, min_available_nodes=N),
+        config(attack="jump", **{"num-byzantine": 2}))
+    scored = [m for m in grid.sent if m.metadata.message_type == SCORE_TYPE]
+    assert {m.metadata.dst_node_id for m in scored} == {1, 2, 3} and metrics["oracle-calls"] == len(scored) / 3
+    model = Net()
+    model.load_state_dict(new.to_torch_state_dict())
+    losses, weights = [], []
+    for pid in range(3):
+        _, val = load_data(pid, N, 600, 32, 0)
+        losses.append(user_test(model, val)[0])
+        weights.append(len(val.dataset))
+    assert metrics["jump-loss"] == pytest.approx(np.average(losses, weights=weights), rel=1e-4)
+    attack_messages = [m for m in grid.sent if m.metadata.message_type == "train.attack"]
+    assert sorted(m.metadata.dst_node_id for m in attack_messages) == [4, 5]
+    assert all("echo" in m.content for m in attack_messages)  # the hook's model, sent by the Byzantine nodes
+
+
+def test_lf_trains_the_users_handler_on_transformed_labels():
+    grid, adversary, theta, new, metrics = one_round(
+        FedAvg(fraction_evaluate=0.0, min_train_nodes=N, min_available_nodes=N), config(attack="lf", **{"num-byzantine": 1}))
+    contexts = simulation_contexts(config(), N)
+    honest = [flat(next(iter(user.app.app(instruction("train", i, theta), contexts[i]).content.array_records.values())))
+              for i in range(1, 5)]
+    with flipping(lambda y: 9 - y):
+        flipped = flat(user.app.app(instruction("train", 5, theta), contexts[5]).content["arrays"])
+    assert not torch.allclose(flipped, flat(user.app.app(instruction("train", 5, theta), contexts[5]).content["arrays"]))
+    torch.testing.assert_close(flat(new), (torch.stack(honest).sum(0) + flipped) / N, rtol=1e-5, atol=1e-6)
+
+
+def test_lf_needs_a_label_transform_and_its_use():
+    def plain_train(msg, context):
+        return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": MetricRecord({"num-examples": 1})}),
+                       reply_to=msg)
+
+    app = ClientApp()
+    app.train()(plain_train)
+    contexts = simulation_contexts(config(attack="lf", **{"num-byzantine": 1}), N)
+    grid = LoopbackGrid(byzantine(app), contexts)
+    with pytest.raises(RuntimeError, match=r"label_transform=lambda y"):
+        OmniscientAdversary(FedAvg()).discover_roles(grid)
+    grid = LoopbackGrid(byzantine(app, label_transform=lambda y: 9 - y), contexts)
+    adversary = OmniscientAdversary(FedAvg(fraction_evaluate=0.0, min_train_nodes=N, min_available_nodes=N))
+    messages = adversary.configure_train(1, global_model(), ConfigRecord({"lr": GAMMA}), grid)
+    with pytest.raises(RuntimeError, match=r"never called flwr_byz.clients.labels"):
+        adversary.aggregate_train(1, grid.send_and_receive(messages))
+
+
+def test_bad_input_fails_at_once_naming_the_fix():
+    contexts = simulation_contexts(config(attack="sf", **{"num-byzantine": 2}), N)
+    unwrapped = LoopbackGrid(user.app.app, contexts)
+    with pytest.raises(RuntimeError, match=r"app = flwr_byz.clients.byzantine\(app\)"):
+        OmniscientAdversary(FedMedian()).discover_roles(unwrapped)
+    krum = OmniscientAdversary(Krum(num_malicious_nodes=1))
+    with pytest.raises(ValueError, match="2 Byzantine nodes of 5, but Krum .* tolerates at most 1: lower num-byzantine"):
+        krum.discover_roles(LoopbackGrid(user.app, contexts))
+    for bad, match in (({"attack": "sf-typo"}, "unknown attack 'sf-typo'"),
+                       ({"attack": "sf", "num-byzantine": 5}, r"num-byzantine=5 needs 0 <= num-byzantine < .* \(5\)"),
+                       ({"num-byzantine": "2"}, "num-byzantine='2': expected a int")):
+        grid = LoopbackGrid(user.app, simulation_contexts(config(**bad), N))
+        with pytest.raises(RuntimeError, match=match):
+            OmniscientAdversary(FedMedian()).discover_roles(grid)
+
+
+def test_tolerated_f_is_below_half_and_at_most_the_rules_own_f():
+    assert [tolerated_f(DefendedRule(spec, 0), n) for spec in ("mean", "cm", "gm") for n in (4, 5)] == [1, 2] * 3
+    assert tolerated_f(DefendedRule("krum", 3), 20) == 3 and tolerated_f(DefendedRule("krum", 3), 6) == 2
+    assert tolerated_f(DefendedRule("nnm+cm", 2), 7) == 2 and tolerated_f(DefendedRule("tm", 0), 9) == 0
+
+
+def scoring_app(metrics) -> ClientApp:
+    """A user app whose evaluate handler reports ``metrics(sum of the model's w, partition id)``."""
+    app = ClientApp()
+
+    @app.evaluate()
+    def evaluate(msg, context):
+        total = float(msg.content["arrays"]["w"].numpy().sum())
+        pid = int(context.node_config["partition-id"])
+        return Message(RecordDict({"metrics": MetricRecord(metrics(total, pid))}), reply_to=msg)
+
+    return byzantine(app)
+
+
+def test_evaluate_oracle_is_the_weighted_mean_of_the_nodes_losses():
+    """Node i (partition i) reports loss (i + 1) * sum(w) on 10 (i + 1) examples: for nodes 0..2,
+    L_H = sum(w) * (1 + 4 + 9) / (1 + 2 + 3)."""
+    from flwr.app import Array
+
+    from flwr_byz.strategies.oracle import EvaluateOracle
+
+    app = scoring_app(lambda s, i: {"my_loss": (i + 1) * s, "acc": 0.5, "num-examples": 10 * (i + 1)})
+    grid = LoopbackGrid(app, simulation_contexts(config(), N))
+    model = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32)), "steps": Array(np.array([4]))})
+    candidates = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.0, 0.5]])
+    oracle = EvaluateOracle(grid, [1, 2, 3], model, ("arrays", "config"), ConfigRecord(), None, "num-examples")
+    torch.testing.assert_close(oracle(candidates), torch.tensor([6.0, -0.5], dtype=torch.float64) * 14 / 6)
+    assert oracle.calls == 1 and len(grid.sent) == 3
+    for metrics, key, match in ((lambda s, i: {"a_loss": s, "b_loss": s, "num-examples": 1}, None, "2 names with 'loss'"),
+                                (lambda s, i: {"my_loss": s, "num-examples": 1}, "val_loss", "loss_key=<one of them>"),
+                                (lambda s, i: {"my_loss": s}, None, "the weight 'num-examples'")):
+        grid = LoopbackGrid(scoring_app(metrics), simulation_contexts(config(), N))
+        with pytest.raises(ValueError, match=match):
+            EvaluateOracle(grid, [1, 2], model, ("arrays", "config"), ConfigRecord(), key, "num-examples")(candidates)
