@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -100,23 +101,24 @@ def main() -> None:
     for attack, table in results.items():
         mean, median = per_round(table)
         later = [row for row in table if row["round"] > 1]
-        attack_s = statistics.fmean(row.get("attack-seconds", 0.0) for row in later)
-        oracle = statistics.fmean(row.get("oracle-seconds", 0.0) for row in later)
-        calls = statistics.fmean(row.get("oracle-calls", 0.0) for row in later)
-        cands = statistics.fmean(row.get("jump-losses", 0.0) for row in later)
+        attack_s = statistics.fmean(row.get("train-attack-seconds", 0.0) for row in later)
+        oracle = statistics.fmean(row.get("train-oracle-seconds", 0.0) for row in later)
+        calls = statistics.fmean(row.get("train-oracle-calls", 0.0) for row in later)
+        cands = statistics.fmean(row.get("train-jump-losses", 0.0) for row in later)
         print(f"{attack:<8}{mean * 1000:>9.0f} ms{mean / base_mean:>10.2f}{median * 1000:>7.0f} ms"
               f"{median / base_median:>10.2f}{attack_s * 1000:>7.0f} ms{oracle * 1000:>7.0f} ms{oracle / mean:>8.0%}"
               f"{calls:>7.1f}{cands:>7.1f}{table[-1].get('accuracy', float('nan')):>10.4f}")
     if "jump" in results:
         later = [row for row in results["jump"] if row["round"] > 1]
-        if not all("oracle-seconds" in row for row in later):
+        if not all("train-oracle-seconds" in row for row in later):
             raise SystemExit("JUMP did not attack every round (the honest replies became non-finite?): see the runs")
-        cands = round(statistics.fmean(row["jump-losses"] for row in later))
+        cands = round(statistics.fmean(row["train-jump-losses"] for row in later))
         compute = oracle_compute(config, args.nodes, args.f, cands)
-        oracle = statistics.fmean(row["oracle-seconds"] for row in later)
+        oracle = statistics.fmean(row["train-oracle-seconds"] for row in later)
+        cores = min(os.cpu_count() or 1, args.nodes - args.f)  # Ray runs one client per core at num-cpus=1
         print(f"\nJUMP's oracle: {oracle * 1000:.0f} ms per round through Flower; the same {cands} x "
               f"{args.nodes - args.f} evaluate passes in this process on one core: {compute * 1000:.0f} ms "
-              f"(messaging and scheduling: {(oracle - compute / 2) * 1000:.0f} ms above the 2-core ideal)")
+              f"(messaging and scheduling: {(oracle - compute / cores) * 1000:.0f} ms above the {cores}-core ideal)")
 
 
 if __name__ == "__main__":

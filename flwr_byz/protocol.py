@@ -74,11 +74,11 @@ class NodeRole:
     def from_reply(cls, reply: Message) -> NodeRole:
         node = reply.metadata.src_node_id
         if reply.has_error():
-            raise RuntimeError(
-                f"role query failed on node {node}: {reply.error.reason}. Every node must run a Byzantine-capable "
-                "ClientApp: flwr_byz's (flwr_byz.clients:app), or yours wrapped with "
-                "`app = flwr_byz.clients.byzantine(app)` at the end of your client_app.py"
-            )
+            unwrapped = f"No {MessageType.QUERY} function registered" in reply.error.reason
+            raise RuntimeError(f"role query failed on node {node}: {reply.error.reason}" + (
+                ". Every node must run a Byzantine-capable ClientApp: flwr_byz's (flwr_byz.clients:app), or yours "
+                "wrapped with `app = flwr_byz.clients.byzantine(app)` at the end of your client_app.py"
+                if unwrapped else ""))
         record = reply.content.config_records.get(ROLE_RECORD)
         if record is None:
             raise RuntimeError(

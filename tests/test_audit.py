@@ -103,4 +103,26 @@ def test_stage_declares_the_wrappers_keys_and_keeps_the_apps(tmp_path):
     with pytest.raises(ValueError, match=r"--run-config keys \['typo'\] are not in the app's"):
         Audit(ROOT / "tests/apps/userapp", tmp_path / "a", run_config={"typo": 1})
     with pytest.raises(ValueError, match="not a Flower app"):
-        Audit(tmp_path, tmp_path / "a")
+        Audit(tmp_path / "staged" / "userapp", tmp_path / "a")
+    with pytest.raises(ValueError, match=r"--run-config keys \['attack', 'seed'\] are the audit's: use --attacks"):
+        Audit(ROOT / "tests/apps/userapp", tmp_path / "a", run_config={"attack": "sf", "seed": 2})
+    with pytest.raises(ValueError, match="is inside the app's folder"):
+        Audit(ROOT / "tests/apps/userapp", ROOT / "tests/apps/userapp/results")
+
+
+def test_rows_keep_evaluation_training_and_divergence_apart():
+    """Training metrics never pass for evaluation ones (a name clash, a round evaluate_fn skipped), and a
+    diverged value stays non-finite."""
+    from flwr_byz.experiments.audit import rows
+
+    found = [{"event": "evaluate", "round": 0, "metrics": {"accuracy": 0.1}},
+             {"event": "train", "round": 1, "time": 5.0, "metrics": {"accuracy": 0.9, "jump-lambda": -2.0}},
+             {"event": "federated-evaluate", "round": 1, "metrics": {"accuracy": 0.4}},
+             {"event": "train", "round": 2, "time": 6.5, "metrics": {"accuracy": 0.95}},
+             {"event": "evaluate", "round": 2, "metrics": {"accuracy": 0.5, "loss": float("nan")}},
+             {"event": "defence", "strategy": "FedAvg"}]
+    assert rows(found) == [
+        {"round": 0, "accuracy": 0.1},
+        {"round": 1, "train-accuracy": 0.9, "train-jump-lambda": -2.0, "time": 5.0, "federated-accuracy": 0.4},
+        {"round": 2, "train-accuracy": 0.95, "time": 6.5, "accuracy": 0.5, "loss": "nan"},
+    ]

@@ -128,3 +128,17 @@ def test_write_report(tmp_path):
     assert rows[0] == ["f", "attack", "mean", "half_width", "seeds"]
     assert len(rows) == 1 + 1 + 6  # header, baseline, 3 f x 2 attacks
     assert rows[1][:2] == ["0", "none"] and float(rows[1][2]) == pytest.approx(0.95)
+
+
+def test_a_diverged_run_counts_as_the_worst_and_failed_runs_are_listed(tmp_path):
+    """A run whose final loss is NaN (stored as "nan") is the strongest attack and broken at once."""
+    settings, rows, footer = run("jump", 1, 1, 0.9)
+    rows[-1]["loss"] = "nan"
+    runs = [*RUNS[:2], run("sf", 1, 1, 0.9), (settings, rows, footer)]
+    table = audit_table(runs, "loss")
+    assert table.strongest == {1: "jump"} and table.breakdown == 1
+    assert table.cells[1, "jump"][0] == float("inf")
+    table = audit_table([*runs[:3], run("jump", 1, 1, float("nan"))], "accuracy")
+    assert table.strongest == {1: "jump"} and table.cells[1, "jump"][0] == float("-inf")
+    report, _ = write_report(runs, tmp_path, "loss", failed=["sf_f2_s1"])
+    assert "Failed runs (their cells are left out; errors in runs/*.failed.json): sf_f2_s1" in report.read_text()

@@ -178,10 +178,38 @@ def test_bad_input_fails_at_once_naming_the_fix():
         krum.discover_roles(LoopbackGrid(user.app, contexts))
     for bad, match in (({"attack": "sf-typo"}, "unknown attack 'sf-typo'"),
                        ({"attack": "sf", "num-byzantine": 5}, r"num-byzantine=5 needs 0 <= num-byzantine < .* \(5\)"),
-                       ({"num-byzantine": "2"}, "num-byzantine='2': expected a int")):
+                       ({"num-byzantine": "2"}, "num-byzantine=.2.: expected int"),
+                       ({"attack": "sf"}, "attack='sf' with num-byzantine=0 attacks nobody: set num-byzantine")):
         grid = LoopbackGrid(user.app, simulation_contexts(config(**bad), N))
         with pytest.raises(RuntimeError, match=match):
             OmniscientAdversary(FedMedian()).discover_roles(grid)
+
+
+class JoiningGrid(LoopbackGrid):
+    """A loopback Grid whose nodes join in two steps: ``first`` nodes until ``join()``."""
+
+    def __init__(self, app, contexts, first: int) -> None:
+        super().__init__(app, contexts)
+        self.all, self.nodes = self.nodes, self.nodes[:first]
+
+    def join(self) -> None:
+        self.nodes = self.all
+
+
+def test_nodes_joining_later_get_their_roles_and_the_defence_is_checked_again():
+    contexts = simulation_contexts(config(attack="sf", **{"num-byzantine": 1}), N)
+    grid = JoiningGrid(user.app, contexts, first=3)
+    adversary = OmniscientAdversary(FedMedian(fraction_evaluate=0.0, min_train_nodes=N, min_available_nodes=N))
+    assert adversary.discover_roles(grid) == set()
+    grid.join()  # node 5, Byzantine, joins before sampling: it must not get a plain train message
+    messages = adversary.configure_train(1, global_model(), ConfigRecord({"lr": GAMMA}), grid)
+    assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3, 4] and adversary.byzantine == {5}
+    grid = JoiningGrid(user.app, simulation_contexts(config(attack="sf", **{"num-byzantine": 2}), N), first=3)
+    krum = OmniscientAdversary(Krum(num_malicious_nodes=1))
+    krum.discover_roles(grid)
+    grid.join()
+    with pytest.raises(ValueError, match="2 Byzantine nodes of 5, but Krum"):
+        krum.discover_roles(grid)
 
 
 def test_tolerated_f_is_below_half_and_at_most_the_rules_own_f():
@@ -223,3 +251,14 @@ def test_evaluate_oracle_is_the_weighted_mean_of_the_nodes_losses():
         grid = LoopbackGrid(scoring_app(metrics), simulation_contexts(config(), N))
         with pytest.raises(ValueError, match=match):
             EvaluateOracle(grid, [1, 2], model, ("arrays", "config"), ConfigRecord(), key, "num-examples")(candidates)
+
+
+def test_readme_shows_the_test_apps_two_lines():
+    readme = (ROOT / "README.md").read_text()
+    client = (ROOT / "tests/apps/userapp/userapp/client_app.py").read_text()
+    server = (ROOT / "tests/apps/userapp/userapp/server_app.py").read_text()
+    for line, source in (("app = byzantine(app, label_transform=lambda y: 9 - y)", client),
+                         ('strategy = OmniscientAdversary(strategy, seed=int(config["seed"]))', server),
+                         ("from flwr_byz.clients import byzantine", client),
+                         ("from flwr_byz.strategies import OmniscientAdversary", server)):
+        assert line in source and line in readme

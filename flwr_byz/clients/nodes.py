@@ -27,11 +27,20 @@ class Role:
 
     @classmethod
     def of(cls, context: Context, settings: RunSettings) -> Role:
-        n = int(context.node_config["num-partitions"])
-        pid = int(context.node_config["partition-id"])
-        if not 0 <= settings.num_byzantine < n:
-            raise ValueError(f"num-byzantine={settings.num_byzantine} needs 0 <= f < num-supernodes={n}")
-        return cls(pid, n, settings.num_byzantine)
+        return cls.at(context, settings.num_byzantine)
+
+    @classmethod
+    def at(cls, context: Context, f: int) -> Role:
+        """This node's role in a run with ``f`` Byzantine nodes (partition id and count from the node config)."""
+        try:
+            pid, n = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+        except KeyError as missing:
+            raise ValueError(f"Byzantine roles need the node config's partition-id and num-partitions (a Flower "
+                             f"simulation sets them; a deployed SuperNode needs --node-config): {missing} missing"
+                             ) from None
+        if not 0 <= f < n:
+            raise ValueError(f"num-byzantine={f} needs 0 <= num-byzantine < the number of nodes ({n})")
+        return cls(pid, n, f)
 
     @property
     def h(self) -> int:

@@ -29,6 +29,7 @@ from ..protocol import (
 )
 from ..records import to_record
 from .byzantine import answer
+from .nodes import Role
 
 RUN_CONFIG: dict[str, Any] = {"attack": "none", "num-byzantine": 0, "attack-params": "", "seed": 0}
 """The run-config keys the wrapper reads, with their defaults (a key the app does not declare keeps its default)."""
@@ -40,7 +41,8 @@ _label_transform: contextvars.ContextVar[list | None] = contextvars.ContextVar("
 def labels(y: Tensor) -> Tensor:
     """The labels to train on: ``y``, except while a Byzantine node runs your train handler for label
     flipping (LF), when it is ``label_transform(y)`` as given to :func:`byzantine`. Route your training
-    labels through it (``loss = criterion(model(x), labels(y))``) to make LF possible."""
+    labels through it (``loss = criterion(model(x), labels(y))``) to make LF possible. Call it in the
+    handler's own thread (not in DataLoader worker processes or a thread pool, which do not see the switch)."""
     active = _label_transform.get()
     if active is None:
         return y
@@ -75,40 +77,17 @@ class Adversary:
         values = {key: config.get(key, default) for key, default in RUN_CONFIG.items()}
         for key, default in RUN_CONFIG.items():
             if type(values[key]) is not type(default):
-                raise ValueError(f"run config {key}={values[key]!r}: expected a {type(default).__name__}")
+                raise ValueError(f"run config {key}={values[key]!r}: expected {type(default).__name__}")
         adversary = cls(str(values["attack"]).lower(), int(values["num-byzantine"]), str(values["attack-params"]),
                         int(values["seed"]))
         if adversary.attack != "none":
             adversary.make_attack()  # unknown names and parameters fail here, naming the valid ones
+            if adversary.num_byzantine == 0:
+                raise ValueError(f"attack={adversary.attack!r} with num-byzantine=0 attacks nobody: set num-byzantine")
         return adversary
 
     def make_attack(self) -> Attack:
         return get_attack(self.attack, **parse_params(self.attack_params, "attack-params"))
-
-
-@dataclass(frozen=True)
-class Place:
-    """Partition ``rank`` of ``n`` nodes; the last ``f`` are Byzantine."""
-
-    rank: int
-    n: int
-    f: int
-
-    @classmethod
-    def of(cls, context: Context, f: int) -> Place:
-        try:
-            rank, n = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
-        except KeyError as missing:
-            raise ValueError(f"byzantine(app) needs the node config's partition-id and num-partitions (a Flower "
-                             f"simulation sets them; a deployed SuperNode needs --node-config): {missing} missing"
-                             ) from None
-        if not 0 <= f < n:
-            raise ValueError(f"num-byzantine={f} needs 0 <= num-byzantine < the number of nodes ({n})")
-        return cls(rank, n, f)
-
-    @property
-    def byzantine(self) -> bool:
-        return self.rank >= self.n - self.f
 
 
 class ByzantineClientApp(ClientApp):
@@ -134,7 +113,7 @@ class ByzantineClientApp(ClientApp):
             return super().__call__(message, context)
         if kind in (MessageType.TRAIN, MessageType.EVALUATE):
             adversary = Adversary.from_run_config(context.run_config)
-            if Place.of(context, adversary.num_byzantine).byzantine:
+            if adversary.num_byzantine and Role.at(context, adversary.num_byzantine).byzantine:
                 raise ValueError(f"a Byzantine node got a plain {kind} message: wrap the ServerApp's strategy "
                                  "in flwr_byz.strategies.OmniscientAdversary")
         return self.app(message, context)
@@ -142,13 +121,15 @@ class ByzantineClientApp(ClientApp):
     def _role(self, msg: Message, context: Context) -> Message:
         """This node's :class:`NodeRole`: JUMP is scored by the honest nodes (``oracle="honest-nodes"``)."""
         adversary = Adversary.from_run_config(context.run_config)
-        place = Place.of(context, adversary.num_byzantine)
+        if not adversary.num_byzantine:  # an honest run: no partition ids needed (deployed SuperNodes)
+            return NodeRole(False, int(context.node_config.get("partition-id", context.node_id))).reply_to(msg)
+        place = Role.at(context, adversary.num_byzantine)
         if adversary.attack == "lf" and self.label_transform is None:
             raise ValueError("attack 'lf' trains your model on flipped labels, and only your code sees your labels: "
                              "wrap with byzantine(app, label_transform=lambda y: ...) and pass your training labels "
                              "through flwr_byz.clients.labels(y)")
         attacking = place.byzantine and adversary.attack != "none"
-        return NodeRole(place.byzantine, place.rank, attacking and ATTACKS[adversary.attack].shared,
+        return NodeRole(place.byzantine, place.partition_id, attacking and ATTACKS[adversary.attack].shared,
                         adversary.attack, adversary.attack_params, HONEST_ORACLE).reply_to(msg)
 
     def _attack(self, msg: Message, context: Context) -> Message:
@@ -157,7 +138,7 @@ class ByzantineClientApp(ClientApp):
         request = AttackRequest.from_message(msg)
         if adversary.attack == "jump" and request.echo is None:
             raise ValueError("JUMP on a wrapped app is computed by the hook, which sends its model to echo")
-        place = Place.of(context, adversary.num_byzantine)
+        place = Role.at(context, adversary.num_byzantine)
 
         def flipped(theta: Tensor, layout: FlatLayout) -> Tensor:
             assert self.label_transform is not None
@@ -169,9 +150,9 @@ class ByzantineClientApp(ClientApp):
                 raise ValueError("LF: your train handler never called flwr_byz.clients.labels(y), so its labels "
                                  "were not flipped: pass your training labels through it")
             state = next(iter(reply.content.array_records.values())).to_torch_state_dict()
-            return (theta - layout.flatten(state, theta.dtype)) / request.gamma
+            return (theta - layout.flatten(state, theta.dtype).to(theta.device)) / request.gamma
 
-        return answer(request, context, adversary.make_attack(), adversary.seed, place.rank,
+        return answer(request, context, adversary.make_attack(), adversary.seed, place.partition_id,
                       flipped=flipped if adversary.attack == "lf" else None).reply_to(msg)
 
     def _score(self, msg: Message, context: Context) -> Message:

@@ -14,8 +14,10 @@ node; the grid covers f = 1 .. the largest f the strategy tolerates.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+import math
 import re
 import shutil
 import sys
@@ -39,6 +41,7 @@ DEFAULT_ATTACKS = ("none", "sf", "alie", "foe", "minmax", "minsum", "mimic", "ju
 ROUNDS_KEYS = ("num-server-rounds", "num-rounds", "rounds")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SOURCES = ("*.py", "pyproject.toml")
+SKIPPED = (".git", "__pycache__", "*.egg-info", ".flwr*", ".venv", "results")  # not part of an app's code
 
 
 def app_config(app_dir: Path) -> dict[str, Any]:
@@ -55,7 +58,10 @@ def app_config(app_dir: Path) -> dict[str, Any]:
 def source_hash(app_dir: Path) -> str:
     """SHA-256 (12 hex digits) of the app's Python sources and pyproject: runs of edited code never mix."""
     digest = hashlib.sha256()
-    for path in sorted(p for pattern in SOURCES for p in Path(app_dir).rglob(pattern) if "__pycache__" not in p.parts):
+    def skipped(path: Path) -> bool:
+        return any(fnmatch.fnmatch(part, pattern) for part in path.relative_to(app_dir).parts for pattern in SKIPPED)
+
+    for path in sorted(p for pattern in SOURCES for p in Path(app_dir).rglob(pattern) if not skipped(p)):
         digest.update(str(path.relative_to(app_dir)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -65,7 +71,7 @@ def stage(app_dir: Path, dest: Path) -> Path:
     ``num-byzantine``, ``attack-params``, ``seed``: those the app lacks, at their defaults)."""
     config = app_config(app_dir)
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(app_dir, dest, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".flwr*"))
+    shutil.copytree(app_dir, dest, ignore=shutil.ignore_patterns(*SKIPPED))
     pyproject = tomllib.loads((dest / "pyproject.toml").read_text())
     pyproject["tool"]["flwr"]["app"]["config"] = {**RUN_CONFIG, **config}
     (dest / "pyproject.toml").write_text(tomli_w.dumps(pyproject))
@@ -113,20 +119,23 @@ def events(output: str) -> Iterator[dict[str, Any]]:
             yield json.loads(payload)
 
 
+PREFIXES = {"evaluate": "", "federated-evaluate": "federated-", "train": "train-"}
+
+
 def rows(found: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per round: the app's evaluation metrics, federated ones as ``federated-<key>``, the round's
-    training and attack metrics (``train-<key>`` where a name is taken) and ``time`` (end of training)."""
+    """One row per round: the app's ``evaluate_fn`` metrics, federated evaluation's as ``federated-<key>``, the
+    round's training and attack metrics as ``train-<key>`` (``train-jump-lambda``, ...) and ``time`` (end of
+    training). Non-finite values are kept as the strings ``nan``, ``inf``, ``-inf`` (a diverged run stays one)."""
     by_round: dict[int, dict[str, Any]] = {}
     for event in found:
-        kind = event["event"]
-        if kind not in ("train", "evaluate", "federated-evaluate"):
+        prefix = PREFIXES.get(event["event"])
+        if prefix is None:
             continue
         row = by_round.setdefault(int(event["round"]), {"round": int(event["round"])})
-        prefix = "federated-" if kind == "federated-evaluate" else ""
         for key, value in event["metrics"].items():
-            name = prefix + key
-            row["train-" + key if kind == "train" and name in row else name] = value
-        if kind == "train":
+            finite = not isinstance(value, float) or math.isfinite(value)
+            row[prefix + key] = value if finite else str(value)
+        if event["event"] == "train":
             row["time"] = event["time"]
     return [by_round[r] for r in sorted(by_round)]
 
@@ -151,8 +160,15 @@ class Audit:
 
     def __post_init__(self) -> None:
         self.app_dir, self.out = Path(self.app_dir).resolve(), Path(self.out).resolve()
+        if self.out.is_relative_to(self.app_dir):
+            raise ValueError(f"--out {self.out} is inside the app's folder, which is staged and hashed: choose a "
+                             "folder outside it")
         config = app_config(self.app_dir)
-        unknown = sorted(set(self.run_config) - set(config) - set(RUN_CONFIG))
+        owned = sorted(set(self.run_config) & set(RUN_CONFIG))
+        if owned:
+            raise ValueError(f"--run-config keys {owned} are the audit's: use --attacks, --f and --seeds "
+                             "(attack-params would apply to every attack: run such a case with flwr run)")
+        unknown = sorted(set(self.run_config) - set(config))
         if unknown:
             raise ValueError(f"--run-config keys {unknown} are not in the app's [tool.flwr.app.config] "
                              f"(it has {sorted(config)})")
@@ -236,7 +252,11 @@ class Audit:
                     failed.append(run)
                 else:
                     done.append(result)
-        report, paths = audit_report.write_report(done, self.out / "report", metric, threshold, title=self.name)
+        if not any(settings["attack"] != "none" for settings, _, _ in done):
+            raise RuntimeError(f"every attacked run failed; the first one's error:\n"
+                               f"{json.loads(store.failure_of(failed[0].path(self.runs_dir)).read_text())['error']}")
+        report, paths = audit_report.write_report(done, self.out / "report", metric, threshold, title=self.name,
+                                                  failed=[r.name for r in failed])
         return report, paths, failed
 
     def grid(self, defence: dict[str, Any] | None, fs: Sequence[int] | None) -> list[int]:

@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,9 @@ def goal_of(metric: str) -> str:
 
 
 def metrics_of(rows: list[dict[str, Any]]) -> list[str]:
-    """The metrics some row reports (``round`` excluded), in first-seen order."""
-    return list(dict.fromkeys(k for r in rows for k, v in r.items() if k != "round" and v is not None))
+    """The evaluation metrics some row reports (``round``, ``time`` and ``train-*`` excluded), in first-seen order."""
+    return list(dict.fromkeys(k for r in rows for k, v in r.items()
+                              if k not in ("round", "time") and not k.startswith("train-") and v is not None))
 
 
 def final_value(rows: list[dict[str, Any]], metric: str) -> float:
@@ -45,6 +48,11 @@ def final_value(rows: list[dict[str, Any]], metric: str) -> float:
     have = metrics_of(rows)
     fix = f"use --metric <one of {', '.join(have)}>" if have else "the app reports no metrics"
     raise ValueError(f"no evaluated round reports the metric {metric!r}: {fix}")
+
+
+def scored(value: float, goal: str) -> float:
+    """A run's value for comparisons: NaN (a diverged run) counts as the worst, ``-inf`` (``max``) or ``inf``."""
+    return value if not math.isnan(value) else (-math.inf if goal == "max" else math.inf)
 
 
 def _check(threshold: float, goal: str) -> None:
@@ -90,13 +98,13 @@ def audit_table(runs: list[Run], metric: str, goal: str | None = None, threshold
     ``none`` runs at f > 0 are left out."""
     goal = goal or goal_of(metric)
     _check(threshold, goal)
-    base = [final_value(rows, metric) for s, rows, _ in runs if _is_baseline(s)]
+    base = [scored(final_value(rows, metric), goal) for s, rows, _ in runs if _is_baseline(s)]
     if not base:
         raise ValueError("no baseline run (attack none, num-byzantine 0): the audit compares against it")
     values: dict[tuple[int, str], list[float]] = defaultdict(list)
     for settings, rows, _ in runs:
         if settings["attack"] != "none":
-            values[settings["num-byzantine"], settings["attack"]].append(final_value(rows, metric))
+            values[settings["num-byzantine"], settings["attack"]].append(scored(final_value(rows, metric), goal))
     if not values:
         raise ValueError("only baseline runs: no attack to audit")
     attacks = [a for a in attacks_of(runs) if a != "none"]
@@ -144,7 +152,7 @@ def _curve(curves: list[list[dict[str, Any]]], metric: str) -> tuple[list[int], 
     """Rounds at which every run reports ``metric``, its mean and 95% half-width over the runs."""
     import numpy as np
 
-    by_round = [{r["round"]: r[metric] for r in rows if r.get(metric) is not None} for rows in curves]
+    by_round = [{r["round"]: float(r[metric]) for r in rows if r.get(metric) is not None} for rows in curves]
     rounds = sorted(set.intersection(*(set(c) for c in by_round)))
     pairs = [interval([c[t] for c in by_round]) for t in rounds]
     return rounds, np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
@@ -213,16 +221,18 @@ def write_csv(table: AuditTable, path: Path) -> Path:
 
 
 def write_report(runs: list[Run], out: Path, metric: str, threshold: float = 0.5, goal: str | None = None,
-                 title: str = "") -> tuple[Path, list[Path]]:
+                 title: str = "", failed: Sequence[str] = ()) -> tuple[Path, list[Path]]:
     """Write ``report.md``, ``table.csv`` and the two figures to ``out``; the report's path and every written
-    path (``goal`` None: ``goal_of(metric)``)."""
+    path (``goal`` None: ``goal_of(metric)``). ``failed`` names runs that failed: listed under the table."""
     if not runs:
         raise ValueError("no finished runs to report")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = audit_table(runs, metric, goal, threshold)
-    text = "\n\n".join([f"# Robustness audit: {title}" if title else "# Robustness audit",
-                        markdown(table, metric), f"![{metric} vs round]({ROUND_PNG})", f"![{metric} vs f]({F_PNG})"])
+    failures = [f"Failed runs (their cells are left out; errors in runs/*.failed.json): {', '.join(failed)}"] \
+        if failed else []
+    text = "\n\n".join([f"# Robustness audit: {title}" if title else "# Robustness audit", markdown(table, metric),
+                        *failures, f"![{metric} vs round]({ROUND_PNG})", f"![{metric} vs f]({F_PNG})"])
     report = out / "report.md"
     report.write_text(text + "\n")
     return report, [report, write_csv(table, out / "table.csv"), *figures(runs, out, metric, table)]

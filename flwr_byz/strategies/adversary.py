@@ -116,6 +116,7 @@ class OmniscientAdversary(Strategy):
                  seed: int = 0, loss_key: str | None = None) -> None:
         self.strategy, self.defended, self.attack = strategy, defended, attack
         self.seed, self.loss_key = seed, loss_key
+        self.evaluate_config, self.timeout = ConfigRecord(), 3600.0  # as start() got them (JUMP's score requests)
         self.rng = random.Random(seed)
         self.roles: dict[int, NodeRole] | None = None
         self._grid: Grid | None = None
@@ -143,9 +144,8 @@ class OmniscientAdversary(Strategy):
 
     # --------------------------------------------------------------- roles
     def discover_roles(self, grid: Grid) -> set[int]:
-        """Ask every node not asked yet for its :class:`NodeRole`; the Byzantine node ids. The first time,
-        check that the defence tolerates the attacking nodes and log it (event ``defence``)."""
-        first = self.roles is None
+        """Ask every node not asked yet for its :class:`NodeRole`; the Byzantine node ids. Whenever nodes
+        join, check that the defence tolerates the attacking nodes and log it (event ``defence``)."""
         self.roles = self.roles or {}
         nodes = [node for node in grid.get_node_ids() if node not in self.roles]
         if nodes:
@@ -154,7 +154,6 @@ class OmniscientAdversary(Strategy):
                 raise RuntimeError(f"role discovery: {len(nodes) - len(replies)} of {len(nodes)} nodes did not answer")
             self.roles |= {r.metadata.src_node_id: NodeRole.from_reply(r) for r in replies}
             log(INFO, "Adversary: %d Byzantine of %d nodes", len(self.byzantine), len(self.roles))
-        if first:
             self._check_defence(len(self.roles))
         return self.byzantine
 
@@ -183,8 +182,8 @@ class OmniscientAdversary(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))  # waits for its nodes
         byzantine = self.discover_roles(grid)
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._grid = grid
         sampled = [m for m in messages if m.metadata.dst_node_id in byzantine]
         self._byzantine_nodes = sorted((m.metadata.dst_node_id for m in sampled), key=self._rank)
@@ -279,8 +278,9 @@ class OmniscientAdversary(Strategy):
         assert self._grid is not None and self.roles is not None
         role = self.roles[self._byzantine_nodes[0]]
         attack = get_attack(role.attack, **parse_params(role.attack_params, "attack-params"))
-        oracle = EvaluateOracle(self._grid, honest_nodes, request.model, request.names,
-                                ConfigRecord({"server-round": request.server_round}), self.loss_key, self.weight_key)
+        config = ConfigRecord({**self.evaluate_config, "server-round": request.server_round})
+        oracle = EvaluateOracle(self._grid, honest_nodes, request.model, request.names, config, self.loss_key,
+                                self.weight_key, self.timeout)
         reply = byzantine_model(request, attack, self.seed, role.rank, honest_loss=oracle)
         return reply, {**reply.metrics, "oracle-calls": float(oracle.calls), "oracle-seconds": oracle.seconds}
 
@@ -312,8 +312,8 @@ class OmniscientAdversary(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
         byzantine = self.discover_roles(grid)
-        messages = self.strategy.configure_evaluate(server_round, arrays, config, grid)
         return [m for m in messages if m.metadata.dst_node_id not in byzantine]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -325,7 +325,10 @@ class OmniscientAdversary(Strategy):
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
               evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
-        """``Strategy.start``, logging each result of ``evaluate_fn`` (event ``evaluate``)."""
+        """``Strategy.start``, logging each result of ``evaluate_fn`` (event ``evaluate``); JUMP's score requests
+        carry ``evaluate_config`` and wait ``timeout`` seconds, as evaluate instructions do."""
+        self.evaluate_config, self.timeout = ConfigRecord(dict(evaluate_config or {})), timeout
+
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             assert evaluate_fn is not None
             metrics = evaluate_fn(server_round, arrays)
