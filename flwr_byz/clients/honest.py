@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..config import RunSettings
-from ..flat import FlatLayout
 from ..records import to_record
 from ..tasks import Task, stepped, worker_step
 from .nodes import Role, device, local_data

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from torch import Tensor
 
@@ -123,13 +123,13 @@ class ByzantineClientApp(ClientApp):
         adversary = Adversary.from_run_config(context.run_config)
         if not adversary.num_byzantine:  # an honest run: no partition ids needed (deployed SuperNodes)
             return NodeRole(False, int(context.node_config.get("partition-id", context.node_id))).reply_to(msg)
-        place = Role.at(context, adversary.num_byzantine)
+        role = Role.at(context, adversary.num_byzantine)
         if adversary.attack == "lf" and self.label_transform is None:
             raise ValueError("attack 'lf' trains your model on flipped labels, and only your code sees your labels: "
                              "wrap with byzantine(app, label_transform=lambda y: ...) and pass your training labels "
                              "through flwr_byz.clients.labels(y)")
-        attacking = place.byzantine and adversary.attack != "none"
-        return NodeRole(place.byzantine, place.partition_id, attacking and ATTACKS[adversary.attack].shared,
+        attacking = role.byzantine and adversary.attack != "none"
+        return NodeRole(role.byzantine, role.partition_id, attacking and ATTACKS[adversary.attack].shared,
                         adversary.attack, adversary.attack_params, HONEST_ORACLE).reply_to(msg)
 
     def _attack(self, msg: Message, context: Context) -> Message:
@@ -138,7 +138,7 @@ class ByzantineClientApp(ClientApp):
         request = AttackRequest.from_message(msg)
         if adversary.attack == "jump" and request.echo is None:
             raise ValueError("JUMP on a wrapped app is computed by the hook, which sends its model to echo")
-        place = Role.at(context, adversary.num_byzantine)
+        role = Role.at(context, adversary.num_byzantine)
 
         def flipped(theta: Tensor, layout: FlatLayout) -> Tensor:
             assert self.label_transform is not None
@@ -152,7 +152,7 @@ class ByzantineClientApp(ClientApp):
             state = next(iter(reply.content.array_records.values())).to_torch_state_dict()
             return (theta - layout.flatten(state, theta.dtype).to(theta.device)) / request.gamma
 
-        return answer(request, context, adversary.make_attack(), adversary.seed, place.partition_id,
+        return answer(request, context, adversary.make_attack(), adversary.seed, role.partition_id,
                       flipped=flipped if adversary.attack == "lf" else None).reply_to(msg)
 
     def _score(self, msg: Message, context: Context) -> Message:
