@@ -200,8 +200,12 @@ def audit(args: argparse.Namespace) -> int:
     run = audit_app.Audit(app_dir, out, nodes=args.num_supernodes, rounds=args.rounds, rounds_key=args.rounds_key,
                           run_config=parse_config_args([args.run_config] if args.run_config else None),
                           timeout=args.timeout)
-    report_path, paths, failed = run.run([a.strip().lower() for a in args.attacks.split(",")], ints(args.f),
-                                         ints(args.seeds) or [], args.metric, args.threshold)
+    try:
+        report_path, paths, failed = run.run([a.strip().lower() for a in args.attacks.split(",")], ints(args.f),
+                                             ints(args.seeds) or [], args.metric, args.threshold)
+    except RuntimeError as err:  # the app itself failed: its error, not a traceback of ours
+        print(f"flwr-byz audit: {err}", file=sys.stderr)
+        return 1
     print(f"\n{report_path.read_text()}\nreport: {report_path} ({len(paths)} files)")
     if failed:
         print(f"failed runs: {', '.join(r.name for r in failed)} (their errors: {out / 'runs'}/*.failed.json)",
