@@ -52,6 +52,12 @@ def _literal(raw: str) -> Any:
     return raw.strip("\"'")
 
 
+def settings_key(settings: Mapping[str, Any]) -> str:
+    """SHA-256 (12 hex digits) of a run's stored settings but ``results-dir``: the key of its results file."""
+    config = {k: v for k, v in settings.items() if k != "results-dir"}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """One experiment: task, defence, attack, heterogeneity and honest D-SGD hyper-parameters.
@@ -154,8 +160,7 @@ class RunSettings:
     @property
     def key(self) -> str:
         """A hash of every setting that shapes the results (all but ``results-dir``): a run's identity."""
-        config = {k: v for k, v in self.to_run_config().items() if k != "results-dir"}
-        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+        return settings_key(self.to_run_config())
 
     # --------------------------------------------------------------- what the settings build
     @property

@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT
 from flwr_byz.experiments.audit import Audit, stage
-from flwr_byz.experiments.store import finished_runs
+from flwr_byz.experiments.store import export, finished_runs
 
 sys.path.insert(0, str(ROOT / "tests/apps/userapp"))
 from userapp.task import Net, load_data  # noqa: E402
@@ -58,6 +58,8 @@ def test_audit_runs_the_grid_and_the_byzantine_replies_are_the_attacks(tmp_path,
     assert sorted((s["attack"], s["num-byzantine"]) for s, _, _ in runs) == \
         [("jump", 1), ("jump", 2), ("none", 0), ("sf", 1), ("sf", 2)]
     assert all([r["round"] for r in rows] == [0, 1, 2] for _, rows, _ in runs)
+    csv_path, exported = export(out / "runs", tmp_path / "audit.csv")
+    assert exported == 5 and len(csv_path.read_text().splitlines()) == 1 + 5 * 3
 
     for attack, f in (("sf", 1), ("sf", 2), ("jump", 1), ("jump", 2)):
         probe = torch.load(tmp_path / f"{attack}_f{f}_s1.pt", weights_only=False)

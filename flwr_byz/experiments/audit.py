@@ -32,6 +32,7 @@ import tomli_w
 
 from ..attacks import ATTACKS
 from ..clients.wrapper import RUN_CONFIG
+from ..config import settings_key
 from ..strategies.adversary import EVENT
 from . import audit_report, store
 from .flower import FlowerLauncher
@@ -102,8 +103,7 @@ class AuditRun:
         return f"{self.attack}_f{self.f}_s{self.seed}"
 
     def path(self, folder: Path) -> Path:
-        key = hashlib.sha256(json.dumps(self.header, sort_keys=True).encode()).hexdigest()[:12]
-        return folder / f"{self.name}_{key}.jsonl"
+        return folder / f"{self.name}_{settings_key(self.header)}.jsonl"
 
     def overrides(self, rounds_key: str | None) -> dict[str, Any]:
         """The ``--run-config`` of this run."""

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import RunSettings
+from ..config import RunSettings, settings_key
 from .results import is_complete, results_path
 
 FAILED = ".failed.json"
@@ -87,15 +87,15 @@ def finished_runs(folder: Path | str) -> list[Run]:
 
 
 def export(folder: Path | str, out: Path | str) -> tuple[Path, int]:
-    """One tidy CSV of the finished runs in ``folder``: a row per run and evaluated round, the run's key and
-    settings, then the round's metrics (columns: the union over runs, empty where a run has none).
-    Returns the path and the number of runs."""
+    """One tidy CSV of the finished runs in ``folder`` (simulated runs or an audit's): a row per run and evaluated
+    round, the run's key and settings, then the round's metrics (columns: the union over runs, empty where a run has
+    none). Returns the path and the number of runs."""
     runs = finished_runs(folder)
     if not runs:
         raise ValueError(f"no finished runs (complete *.jsonl results files) in {folder}")
     records = []
     for settings, rows, _ in runs:
-        key = RunSettings.from_run_config(settings).key
+        key = settings_key(settings)
         for row in rows:
             records.append({"run": key, **settings, **row})
     columns = list(dict.fromkeys(k for record in records for k in record))
