@@ -215,6 +215,10 @@ class Audit:
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         return lines[0]["settings"], lines[1:-1], lines[-1]
 
+    def error(self, run: AuditRun) -> str:
+        """The recorded error of a failed run."""
+        return str(json.loads(store.failure_of(run.path(self.runs_dir)).read_text())["error"])
+
     def say(self, text: str) -> None:
         self.echo.write(text + "\n")
         self.echo.flush()
@@ -237,8 +241,7 @@ class Audit:
                 baseline = self.run_of("none", 0, seed)
                 result = self.execute(launcher, baseline)
                 if result is None:
-                    raise RuntimeError(f"the app failed without attack, so nothing else can run:\n"
-                                       f"{json.loads(store.failure_of(baseline.path(self.runs_dir)).read_text())['error']}")
+                    raise RuntimeError(f"the app failed without attack, so nothing else runs:\n{self.error(baseline)}")
                 done.append(result)
             audit_report.final_value(done[0][1], metric)  # a metric the app does not report fails here
             grid = self.grid(done[0][2].get("defence"), fs)
@@ -253,8 +256,7 @@ class Audit:
                 else:
                     done.append(result)
         if not any(settings["attack"] != "none" for settings, _, _ in done):
-            raise RuntimeError(f"every attacked run failed; the first one's error:\n"
-                               f"{json.loads(store.failure_of(failed[0].path(self.runs_dir)).read_text())['error']}")
+            raise RuntimeError(f"every attacked run failed; the first one's error:\n{self.error(failed[0])}")
         report, paths = audit_report.write_report(done, self.out / "report", metric, threshold, title=self.name,
                                                   failed=[r.name for r in failed])
         return report, paths, failed
