@@ -44,6 +44,7 @@ ECHO_RECORD = "echo"
 CONFIG_RECORD = "attack-config"
 METRICS_RECORD = "attack-metrics"
 TRAIN_CONFIG_RECORD = "train-config"
+EVALUATE_CONFIG_RECORD = "evaluate-config"
 CANDIDATES_RECORD = "candidates"
 SCORES_RECORD = "scores"
 GRADIENTS = "gradients"
@@ -211,7 +212,7 @@ class ScoreRequest:
     def to_message(self, node_id: int) -> Message:
         content = RecordDict({
             MODEL_RECORD: self.model, CANDIDATES_RECORD: ArrayRecord({GRADIENTS: Array(self.candidates.cpu().numpy())}),
-            CONFIG_RECORD: ConfigRecord({"names": list(self.names)}), TRAIN_CONFIG_RECORD: self.config,
+            CONFIG_RECORD: ConfigRecord({"names": list(self.names)}), EVALUATE_CONFIG_RECORD: self.config,
         })
         return Message(content, dst_node_id=node_id, message_type=SCORE_TYPE)
 
@@ -220,7 +221,7 @@ class ScoreRequest:
         content = msg.content
         candidates = torch.from_numpy(np.array(content.array_records[CANDIDATES_RECORD][GRADIENTS].numpy(), copy=True))
         names = tuple(str(name) for name in content.config_records[CONFIG_RECORD]["names"])  # type: ignore[union-attr]
-        return cls(content.array_records[MODEL_RECORD], candidates, content.config_records[TRAIN_CONFIG_RECORD],
+        return cls(content.array_records[MODEL_RECORD], candidates, content.config_records[EVALUATE_CONFIG_RECORD],
                    names)  # type: ignore[arg-type]
 
 

@@ -72,11 +72,13 @@ class Attack(ABC):
     ``metrics`` holds scalars describing the last call (possibly none). ``shared``: every
     Byzantine node would compute the same vector (deterministic in the honest vectors and
     the context), so a simulation computes it once per round; attacks with per-node
-    randomness, data or state set it to False.
+    randomness, data or state set it to False. ``needs_loss``: the attack scores candidates with
+    ``ctx.honest_loss`` (JUMP), so whoever runs it must provide that oracle.
     """
 
     name: ClassVar[str]
     shared: ClassVar[bool] = True
+    needs_loss: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}

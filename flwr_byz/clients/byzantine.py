@@ -70,13 +70,14 @@ def byzantine_model(
     return AttackReply(model, {**attack.metrics, "attack-seconds": time.perf_counter() - start})
 
 
-def answer(request: AttackRequest, context: Context, attack: Attack, seed: int, rank: int, **oracles: object
-           ) -> AttackReply:
+def answer(request: AttackRequest, context: Context, attack: Attack, seed: int, rank: int,
+           honest_loss: HonestLoss | None = None, screening_loss: HonestLoss | None = None,
+           flipped: Flipped | None = None) -> AttackReply:
     """A Byzantine node's reply: the model another node computed (``echo``), or :func:`byzantine_model` with
     the attack's state carried in ``context.state`` across rounds."""
     if request.echo is not None:
         return AttackReply(request.echo)
-    reply = byzantine_model(request, restored(context, attack), seed, rank, **oracles)  # type: ignore[arg-type]
+    reply = byzantine_model(request, restored(context, attack), seed, rank, honest_loss, screening_loss, flipped)
     save_state(context.state, STATE_KEY, attack.state_dict())
     return reply
 
@@ -95,7 +96,7 @@ def train_byzantine(request: AttackRequest, context: Context) -> AttackReply:
         return (theta - layout.flatten(state, theta.dtype)) / request.gamma
 
     losses = (None, None)
-    if attack.name == "jump" and request.echo is None:
+    if attack.needs_loss and request.echo is None:
         losses = honest_loss_oracle(settings, role.h, request.server_round, device())
     return answer(request, context, attack, settings.seed, role.partition_id, honest_loss=losses[0],
                   screening_loss=losses[1], flipped=flipped if attack.name == "lf" else None)

@@ -135,9 +135,9 @@ class ByzantineClientApp(ClientApp):
     def _attack(self, msg: Message, context: Context) -> Message:
         """The Byzantine reply to an attack request (JUMP's own model comes from the hook, as an echo)."""
         adversary = Adversary.from_run_config(context.run_config)
-        request = AttackRequest.from_message(msg)
-        if adversary.attack == "jump" and request.echo is None:
-            raise ValueError("JUMP on a wrapped app is computed by the hook, which sends its model to echo")
+        request, attack = AttackRequest.from_message(msg), adversary.make_attack()
+        if attack.needs_loss and request.echo is None:
+            raise ValueError(f"{attack.name} on a wrapped app is computed by the hook, which sends its model to echo")
         role = Role.at(context, adversary.num_byzantine)
 
         def flipped(theta: Tensor, layout: FlatLayout) -> Tensor:
@@ -152,7 +152,7 @@ class ByzantineClientApp(ClientApp):
             state = next(iter(reply.content.array_records.values())).to_torch_state_dict()
             return (theta - layout.flatten(state, theta.dtype).to(theta.device)) / request.gamma
 
-        return answer(request, context, adversary.make_attack(), adversary.seed, role.partition_id,
+        return answer(request, context, attack, adversary.seed, role.partition_id,
                       flipped=flipped if adversary.attack == "lf" else None).reply_to(msg)
 
     def _score(self, msg: Message, context: Context) -> Message:

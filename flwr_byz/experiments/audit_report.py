@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .store import Run
-from .tables import _save, attacks_of, interval
+from .tables import attacks_of, band, interval, save_figure
 
 GOALS = ("max", "min")
 ROUND_PNG, F_PNG = "metric-vs-round.png", "metric-vs-f.png"
@@ -148,16 +148,6 @@ def markdown(table: AuditTable, metric: str, threshold: float | None = None) -> 
     return "\n".join([*lines, "", sentence])
 
 
-def _curve(curves: list[list[dict[str, Any]]], metric: str) -> tuple[list[int], Any, Any]:
-    """Rounds at which every run reports ``metric``, its mean and 95% half-width over the runs."""
-    import numpy as np
-
-    by_round = [{r["round"]: float(r[metric]) for r in rows if r.get(metric) is not None} for rows in curves]
-    rounds = sorted(set.intersection(*(set(c) for c in by_round)))
-    pairs = [interval([c[t] for c in by_round]) for t in rounds]
-    return rounds, np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-
-
 def figures(runs: list[Run], out: Path, metric: str, table: AuditTable) -> list[Path]:
     """``metric-vs-round.png`` (a panel per f, a line per attack, the baseline dashed black in each) and
     ``metric-vs-f.png`` (final metric vs f with error bars, baseline dashed, breakdown threshold dotted)."""
@@ -169,7 +159,7 @@ def figures(runs: list[Run], out: Path, metric: str, table: AuditTable) -> list[
 
     colors = dict(zip(table.attacks, plt.get_cmap("tab10" if len(table.attacks) <= 10 else "tab20").colors,
                       strict=False))
-    base = _curve([rows for s, rows, _ in runs if _is_baseline(s)], metric)
+    base = band([rows for s, rows, _ in runs if _is_baseline(s)], metric, scale=1.0)
     fig, axes = plt.subplots(1, len(table.fs), figsize=(4.5 * len(table.fs), 3.6), squeeze=False, sharey=True)
     for ax, f in zip(axes[0], table.fs):
         ax.plot(base[0], base[1], "k--", label="none (f = 0)", linewidth=1.2)
@@ -177,7 +167,7 @@ def figures(runs: list[Run], out: Path, metric: str, table: AuditTable) -> list[
             curves = [rows for s, rows, _ in runs if s["num-byzantine"] == f and s["attack"] == attack]
             if not curves:
                 continue
-            rounds, mean, half = _curve(curves, metric)
+            rounds, mean, half = band(curves, metric, scale=1.0)
             ax.plot(rounds, mean, label=attack, color=colors[attack], linewidth=1.5)
             if len(curves) > 1:
                 ax.fill_between(rounds, mean - half, mean + half, color=colors[attack], alpha=0.2, linewidth=0)
@@ -189,7 +179,7 @@ def figures(runs: list[Run], out: Path, metric: str, table: AuditTable) -> list[
     axes[0][-1].legend(title="attack", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(f"{metric} vs round", fontsize=10)
     fig.tight_layout()
-    paths = [_save(fig, out / ROUND_PNG)]
+    paths = [save_figure(fig, out / ROUND_PNG)]
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for attack in table.attacks:
@@ -207,7 +197,7 @@ def figures(runs: list[Run], out: Path, metric: str, table: AuditTable) -> list[
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(f"final {metric} vs f", fontsize=10)
     fig.tight_layout()
-    return [*paths, _save(fig, out / F_PNG)]
+    return [*paths, save_figure(fig, out / F_PNG)]
 
 
 def write_csv(table: AuditTable, path: Path) -> Path:

@@ -139,7 +139,7 @@ def figures(runs: list[Run], out: Path, metric: str = "max") -> list[Path]:
             for attack in attacks:
                 curves = [rows for s, rows, _ in group if s["num-byzantine"] == f and s["attack"] == attack]
                 if curves:
-                    rounds, mean, half = _band(curves)
+                    rounds, mean, half = band(curves)
                     ax.plot(rounds, mean, label=attack, color=colors[attack], linewidth=1.5)
                     ax.fill_between(rounds, mean - half, mean + half, color=colors[attack], alpha=0.2, linewidth=0)
             ax.set_title(f"f = {f}")
@@ -150,7 +150,7 @@ def figures(runs: list[Run], out: Path, metric: str = "max") -> list[Path]:
         axes[0][-1].legend(title="attack", loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        paths.append(_save(fig, out / f"curves_{label}.png"))
+        paths.append(save_figure(fig, out / f"curves_{label}.png"))
 
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for attack in attacks:
@@ -168,7 +168,7 @@ def figures(runs: list[Run], out: Path, metric: str = "max") -> list[Path]:
         ax.legend(title="attack", loc="center left", bbox_to_anchor=(1.01, 0.5))
         ax.set_title(title, fontsize=10)
         fig.tight_layout()
-        paths.append(_save(fig, out / f"breakdown_{label}.png"))
+        paths.append(save_figure(fig, out / f"breakdown_{label}.png"))
     return paths
 
 
@@ -177,18 +177,19 @@ def _order(values: tuple) -> list[tuple[int, object]]:
     return [(0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v)) for v in values]
 
 
-def _band(curves: list[list[dict[str, Any]]]) -> tuple[list[int], Any, Any]:
-    """Rounds evaluated in every run, the mean accuracy (%) and the 95% half-width over the runs."""
+def band(curves: list[list[dict[str, Any]]], metric: str = "test-accuracy", scale: float = 100.0
+         ) -> tuple[list[int], Any, Any]:
+    """Rounds at which every run reports ``metric``, its mean times ``scale`` (accuracy in %) and the 95%
+    half-width over the runs."""
     import numpy as np
 
-    by_round = [{r["round"]: 100 * r["test-accuracy"] for r in rows if r.get("test-accuracy") is not None}
-                for rows in curves]
+    by_round = [{r["round"]: scale * float(r[metric]) for r in rows if r.get(metric) is not None} for rows in curves]
     rounds = sorted(set.intersection(*(set(c) for c in by_round)))
     pairs = [interval([c[t] for c in by_round]) for t in rounds]
     return rounds, np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)

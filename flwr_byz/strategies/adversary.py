@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from ..attacks import get_attack
+from ..attacks import ATTACKS, get_attack
 from ..clients.byzantine import byzantine_model
 from ..config import parse_params
 from ..protocol import HONEST_ORACLE, AttackReply, AttackRequest, NodeRole, retyped, role_query
@@ -258,7 +258,8 @@ class OmniscientAdversary(Strategy):
             order=order, model=global_arrays, honest=gradients, train_config=config, names=self._names(),
         )
         assert self.roles is not None
-        if all(self.roles[node].oracle == HONEST_ORACLE and self.roles[node].attack == "jump" for node in nodes):
+        if all(self.roles[node].oracle == HONEST_ORACLE and ATTACKS[self.roles[node].attack].needs_loss
+               for node in nodes):
             here, metrics = self._attack_here(request, [r.metadata.src_node_id for r in honest])
             answered = self._exchange([dataclasses.replace(request, honest=None, echo=here.model).to_message(node)
                                        for node in nodes])
