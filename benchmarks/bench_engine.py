@@ -31,10 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_flower_round import wall_per_round  # noqa: E402
 
-from flwr_byz.config import RunSettings  # noqa: E402
+from flwr_byz.settings import RunSettings  # noqa: E402
 from flwr_byz.engine import Simulation  # noqa: E402
 from flwr_byz.engine.planning import planner  # noqa: E402
-from flwr_byz.experiments.flower import FlowerLauncher  # noqa: E402
+from flwr_byz.runs.launcher import FlowerLauncher  # noqa: E402
 
 NODES = 15
 

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from flwr_byz.tasks.nodes import honest_partitions
-from flwr_byz.config import RunSettings
-from flwr_byz.experiments.flower import FlowerLauncher
-from flwr_byz.experiments.results import read_run, results_path
+from flwr_byz.settings import RunSettings
+from flwr_byz.runs.launcher import FlowerLauncher
+from flwr_byz.results import read_run, results_path
 from flwr_byz.tasks import worker_step
 
 APP = Path(__file__).resolve().parents[1] / "simulations" / "paper"

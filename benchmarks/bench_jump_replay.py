@@ -4,7 +4,7 @@
     python benchmarks/bench_jump_replay.py --curves 1,2,3 --curve-rounds 30
 
 1. Replay. A real Robust D-SGD run of the task's CNN (12 honest nodes + f = 3 Byzantine,
-   the paper app's settings, in this process: ``flwr_byz.experiments.replay.simulate``)
+   the paper app's settings, in this process: ``flwr_byz.studies.replay.simulate``)
    under JUMP's default records every ``--every``-th round: the model, the honest
    vectors, the server step; the data are the run's partitions. From each recorded
    state every variant below picks its lambda with its own honest-loss oracle, and
@@ -47,8 +47,8 @@ from flwr_byz.aggregation import sorting
 from flwr_byz.attacks.jump import fingerprint
 from flwr_byz.attacks.span import orthonormal_span, span_aggregation
 from flwr_byz.tasks.nodes import honest_partitions
-from flwr_byz.config import RunSettings
-from flwr_byz.experiments.replay import RecordedRound, attack_context, simulate
+from flwr_byz.settings import RunSettings
+from flwr_byz.studies.replay import RecordedRound, attack_context, simulate
 from flwr_byz.flat import FlatLayout
 from flwr_byz.tasks import get_task, loss_draws
 

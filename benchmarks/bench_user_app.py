@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
-from flwr_byz.experiments.audit import events, rows, stage
-from flwr_byz.experiments.flower import FlowerLauncher
+from flwr_byz.runs.audit import events, rows, stage
+from flwr_byz.runs.launcher import FlowerLauncher
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "tests" / "apps" / "userapp"

@@ -11,18 +11,18 @@ import time
 import traceback
 from pathlib import Path
 
-from .config import RunSettings
-from .engine import run as run_in_process
-from .engine.planning import check_planning
-from .experiments import audit as audit_app
-from .experiments import executor, store, tables
-from .experiments.executor import PAPER_APP
-from .experiments import sweep as sweep_spec
-from .experiments import toy2d as toy2d_study
-from .experiments import tradeoff as tradeoff_study
-from .experiments.flower import FlowerLauncher
-from .experiments.report import format_table, plot_accuracy, summary_row
-from .experiments.results import is_complete, results_path
+from flwr_byz.settings import RunSettings
+from flwr_byz.engine import run as run_in_process
+from flwr_byz.engine.planning import check_planning
+from flwr_byz.runs import audit as audit_app
+from flwr_byz.runs import executor, store, tables
+from flwr_byz.runs.executor import PAPER_APP
+from flwr_byz.runs import grid as sweep_spec
+from flwr_byz.studies import toy2d as toy2d_study
+from flwr_byz.studies import tradeoff as tradeoff_study
+from flwr_byz.runs.launcher import FlowerLauncher
+from flwr_byz.runs.report import format_table, plot_accuracy, summary_row
+from flwr_byz.results import is_complete, results_path
 
 PROGRESS = re.compile(r"\] round \d+/\d+: test accuracy|Results written|Error|error:")
 
@@ -144,7 +144,7 @@ def tradeoff(args: argparse.Namespace) -> int:
 
 
 def data(args: argparse.Namespace) -> int:
-    from .tasks import prepare
+    from flwr_byz.tasks import prepare
 
     print(prepare(args.name, args.data_dir, download=args.download))
     return 0
@@ -287,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=report)
 
     p = sub.add_parser("audit", help="stress-test your own Flower app: attacks x f through `flwr run`, and a report")
-    p.add_argument("app", help="the app's folder: its ClientApp wrapped with flwr_byz.clients.byzantine(app), its "
-                               "strategy with flwr_byz.strategies.OmniscientAdversary(strategy)")
+    p.add_argument("app", help="the app's folder: its ClientApp wrapped with flwr_byz.flower.attacker(app), its "
+                               "strategy with flwr_byz.flower.OmniscientAdversary(strategy)")
     p.add_argument("--attacks", default=",".join(audit_app.DEFAULT_ATTACKS), help="comma-separated attack names")
     p.add_argument("--f", default=None, help="comma-separated numbers of Byzantine nodes (default: 1 .. the largest "
                                              "the strategy tolerates)")

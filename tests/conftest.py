@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from flwr_byz.experiments.flower import FlowerLauncher
+from flwr_byz.runs.launcher import FlowerLauncher
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
 import pytest
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
 
-from flwr_byz.strategies import DefendedRule, RobustStrategy, defended_rule
+from flwr_byz.flower import DefendedRule, RobustStrategy, defended_rule
 
 
 @pytest.mark.parametrize("strategy, expected", [

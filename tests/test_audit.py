@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from flwr_byz.experiments.audit import Audit, stage
-from flwr_byz.experiments.store import export, finished_runs
+from flwr_byz.runs.audit import Audit, stage
+from flwr_byz.runs.store import export, finished_runs
 
 sys.path.insert(0, str(ROOT / "tests/apps/userapp"))
 from userapp.task import Net, load_data  # noqa: E402
@@ -91,7 +91,7 @@ def test_audit_of_an_app_whose_clientapp_is_not_wrapped_stops_naming_the_fix(tmp
     client = app / "userapp/client_app.py"
     client.write_text(client.read_text().replace("app = byzantine(app, label_transform=lambda y: 9 - y)", ""))
     audit = Audit(app, tmp_path / "audit", nodes=3, rounds=1, run_config=SETTINGS, timeout=300)
-    with pytest.raises(RuntimeError, match=r"(?s)the app failed without attack.*flwr_byz.clients.byzantine\(app\)"):
+    with pytest.raises(RuntimeError, match=r"(?s)the app failed without attack.*flwr_byz.flower.attacker\(app\)"):
         audit.run(["none", "sf"], None, [1], "accuracy")
 
 
@@ -115,7 +115,7 @@ def test_stage_declares_the_wrappers_keys_and_keeps_the_apps(tmp_path):
 def test_rows_keep_evaluation_training_and_divergence_apart():
     """Training metrics never pass for evaluation ones (a name clash, a round evaluate_fn skipped), and a
     diverged value stays non-finite."""
-    from flwr_byz.experiments.audit import rows
+    from flwr_byz.runs.audit import rows
 
     found = [{"event": "evaluate", "round": 0, "metrics": {"accuracy": 0.1}},
              {"event": "train", "round": 1, "time": 5.0, "metrics": {"accuracy": 0.9, "jump-lambda": -2.0}},

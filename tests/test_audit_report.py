@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from flwr_byz.experiments.audit_report import audit_table, breakdown_f, final_value, goal_of, markdown, write_report
+from flwr_byz.runs.audit_report import audit_table, breakdown_f, final_value, goal_of, markdown, write_report
 
 T = 12.706204736174707  # Student-t 0.975 quantile, 1 degree of freedom: half-width of two values a, b = T |a - b| / 2
 

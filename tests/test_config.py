@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from flwr_byz.config import RunSettings, parse_params
+from flwr_byz.settings import RunSettings, parse_params
 from flwr_byz.tasks import LossSampling, get_task
 
 APP = ROOT / "simulations/paper"

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from flwr_byz.attacks import get_attack
-from flwr_byz.config import RunSettings
+from flwr_byz.settings import RunSettings
 from flwr_byz.engine import Simulation, run
 from flwr_byz.engine.planning import Rollout, plan_global, plan_powell, planner
 from flwr_byz.attacks.line_search import GlobalSearch
-from flwr_byz.experiments.replay import attack_context, simulate
-from flwr_byz.experiments.results import read_run
+from flwr_byz.studies.replay import attack_context, simulate
+from flwr_byz.results import read_run
 from flwr_byz.flat import FlatLayout
 from flwr_byz.tasks import get_task, worker_step
 from flwr_byz.tasks.nodes import honest_partitions
@@ -163,7 +163,7 @@ def test_the_engine_imports_no_flower_module() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from flwr_byz.config import RunSettings; from flwr_byz.engine import Simulation, run; "
+    code = ("import sys; from flwr_byz.settings import RunSettings; from flwr_byz.engine import Simulation, run; "
             "import flwr_byz.engine.planning; "
             "Simulation(RunSettings(task='mnist-logreg', attack='jump', num_byzantine=1, rounds=1), 5, 'cpu').step(); "
             "print(sorted(m for m in sys.modules if m == 'flwr' or m.startswith('flwr.')))")

@@ -5,10 +5,10 @@ import math
 import pytest
 
 from flwr_byz.cli import build_parser, main, planned_runs
-from flwr_byz.config import RunSettings
-from flwr_byz.experiments.flower import toml_value
-from flwr_byz.experiments.report import format_table, plot_accuracy, summary_row
-from flwr_byz.experiments.results import RunLog, is_complete, read_run, results_path
+from flwr_byz.settings import RunSettings
+from flwr_byz.runs.launcher import toml_value
+from flwr_byz.runs.report import format_table, plot_accuracy, summary_row
+from flwr_byz.results import RunLog, is_complete, read_run, results_path
 
 
 def fake_run(tmp_path, attack, accuracies, rounds=20, finish=True, **settings):

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import ROOT
-from flwr_byz.config import RunSettings
+from flwr_byz.settings import RunSettings
 from flwr_byz.engine import run
-from flwr_byz.experiments.flower import FlowerLauncher
-from flwr_byz.experiments.results import is_complete, read_run, results_path
+from flwr_byz.runs.launcher import FlowerLauncher
+from flwr_byz.results import is_complete, read_run, results_path
 
 pytestmark = pytest.mark.flower
 
@@ -172,7 +172,7 @@ def test_sigterm_to_a_launcher_leaves_no_flower_or_ray_process_behind(tmp_path):
     home, app = tmp_path / "home", ROOT / "simulations" / "paper"
     config = {"task": "toy2d", "aggregation": "cm", "num-byzantine": 1, "rounds": 10**6, "eval-every": 1000,
               "results-dir": str(tmp_path)}
-    script = (f"from pathlib import Path\nfrom flwr_byz.experiments.flower import FlowerLauncher\n"
+    script = (f"from pathlib import Path\nfrom flwr_byz.runs.launcher import FlowerLauncher\n"
               f"with FlowerLauncher(Path({str(home)!r})) as launcher:\n"
               f"    launcher.run(Path({str(app)!r}), {config!r}, num_supernodes=3)\n")
     proc = subprocess.Popen([sys.executable, "-c", script])

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 from flwr_byz.attacks import ATTACKS
-from flwr_byz.experiments.results import read_run
+from flwr_byz.results import read_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.flower]
 

@@ -13,11 +13,11 @@ from flwr.clientapp import ClientApp
 
 from conftest import ROOT
 from flower_helpers import LoopbackGrid, simulation_contexts
-from flwr_byz.clients import app as flwr_byz_app
-from flwr_byz.clients.app import attack as attack_handler
-from flwr_byz.clients.app import role as role_handler
-from flwr_byz.protocol import ATTACK_TYPE, ECHO_RECORD, HONEST_RECORD, AttackRequest, NodeRole
-from flwr_byz.strategies import OmniscientAdversary, RobustStrategy
+from flwr_byz.flower.paper.client_app import app as flwr_byz_app
+from flwr_byz.flower.paper.client_app import attack as attack_handler
+from flwr_byz.flower.paper.client_app import role as role_handler
+from flwr_byz.flower.protocol import ATTACK_TYPE, ECHO_RECORD, HONEST_RECORD, AttackRequest, NodeRole
+from flwr_byz.flower import OmniscientAdversary, RobustStrategy
 
 sys.path.insert(0, str(ROOT / "tests/apps/probe"))
 from probe.server_app import structure  # noqa: E402 - what a strategy sees of a reply, as the flwr-run probe records it

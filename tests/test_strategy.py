@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flower_helpers import configure, error_reply, reply
-from flwr_byz.strategies import RobustStrategy
+from flwr_byz.flower import RobustStrategy
 
 THETA = {"w": np.array([1.0, 1.0], dtype=np.float32),
          "steps": np.array(10, dtype=np.int64),

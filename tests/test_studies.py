@@ -9,7 +9,7 @@ import pytest
 from scipy.optimize import brentq
 
 from flwr_byz.cli import main
-from flwr_byz.experiments import toy2d, tradeoff
+from flwr_byz.studies import toy2d, tradeoff
 
 
 @pytest.fixture(scope="module")

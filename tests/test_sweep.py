@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from flwr_byz.config import RunSettings
+from flwr_byz.settings import RunSettings
 from flwr_byz.engine import Simulation, run
 from flwr_byz.engine.runner import checkpoint_path
-from flwr_byz.experiments import executor, store, tables
-from flwr_byz.experiments.results import read_run, results_path
-from flwr_byz.experiments.sweep import expand, load
+from flwr_byz.runs import executor, store, tables
+from flwr_byz.results import read_run, results_path
+from flwr_byz.runs.grid import expand, load
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "simulations" / "paper" / "sweeps" / "smoke.toml"

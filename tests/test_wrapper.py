@@ -14,11 +14,11 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
 
 from conftest import ROOT
 from flower_helpers import LoopbackGrid, simulation_contexts
-from flwr_byz.clients import byzantine
-from flwr_byz.clients.wrapper import flipping
-from flwr_byz.protocol import SCORE_TYPE, NodeRole, role_query
-from flwr_byz.strategies import OmniscientAdversary
-from flwr_byz.strategies.adversary import tolerated_f, DefendedRule
+from flwr_byz.flower import byzantine
+from flwr_byz.flower.byzantine import flipping
+from flwr_byz.flower.protocol import SCORE_TYPE, NodeRole, role_query
+from flwr_byz.flower import OmniscientAdversary
+from flwr_byz.flower.adversary import tolerated_f, DefendedRule
 
 sys.path.insert(0, str(ROOT / "tests/apps/userapp"))
 from userapp import client_app as user  # noqa: E402
@@ -108,7 +108,7 @@ def test_roles_come_from_the_run_config_and_byzantine_nodes_refuse_plain_instruc
     assert roles[1] == NodeRole(False, 0, False, "alie", "", "honest-nodes")
     assert roles[5] == NodeRole(True, 4, True, "alie", "", "honest-nodes")
     assert {node for node, role in roles.items() if role.byzantine} == {4, 5}
-    with pytest.raises(ValueError, match="wrap the ServerApp's strategy in flwr_byz.strategies.OmniscientAdversary"):
+    with pytest.raises(ValueError, match="wrap the ServerApp's strategy in flwr_byz.flower.OmniscientAdversary"):
         user.app(instruction("train", 5, global_model()), contexts[5])
 
 
@@ -169,14 +169,14 @@ def test_lf_needs_a_label_transform_and_its_use():
     grid = LoopbackGrid(byzantine(app, label_transform=lambda y: 9 - y), contexts)
     adversary = OmniscientAdversary(everyone())
     messages = adversary.configure_train(1, global_model(), ConfigRecord({"lr": GAMMA}), grid)
-    with pytest.raises(RuntimeError, match=r"never called flwr_byz.clients.labels"):
+    with pytest.raises(RuntimeError, match=r"never called flwr_byz.flower.labels"):
         adversary.aggregate_train(1, grid.send_and_receive(messages))
 
 
 def test_bad_input_fails_at_once_naming_the_fix():
     contexts = simulation_contexts(config(attack="sf", **{"num-byzantine": 2}), N)
     unwrapped = LoopbackGrid(user.app.app, contexts)
-    with pytest.raises(RuntimeError, match=r"app = flwr_byz.clients.byzantine\(app\)"):
+    with pytest.raises(RuntimeError, match=r"app = flwr_byz.flower.attacker\(app\)"):
         OmniscientAdversary(FedMedian()).discover_roles(unwrapped)
     krum = OmniscientAdversary(Krum(num_malicious_nodes=1))
     with pytest.raises(ValueError, match="2 Byzantine nodes of 5, but Krum .* tolerates at most 1: lower num-byz"):
@@ -241,7 +241,7 @@ def test_evaluate_oracle_is_the_weighted_mean_of_the_nodes_losses():
     L_H = sum(w) * (1 + 4 + 9) / (1 + 2 + 3)."""
     from flwr.app import Array
 
-    from flwr_byz.strategies.oracle import EvaluateOracle
+    from flwr_byz.flower.oracle import EvaluateOracle
 
     app = scoring_app(lambda s, i: {"my_loss": (i + 1) * s, "acc": 0.5, "num-examples": 10 * (i + 1)})
     grid = LoopbackGrid(app, simulation_contexts(config(), N))
@@ -264,6 +264,6 @@ def test_readme_shows_the_test_apps_two_lines():
     server = (ROOT / "tests/apps/userapp/userapp/server_app.py").read_text()
     for line, source in (("app = byzantine(app, label_transform=lambda y: 9 - y)", client),
                          ('strategy = OmniscientAdversary(strategy, seed=int(config["seed"]))', server),
-                         ("from flwr_byz.clients import byzantine", client),
-                         ("from flwr_byz.strategies import OmniscientAdversary", server)):
+                         ("from flwr_byz.flower import byzantine", client),
+                         ("from flwr_byz.flower import OmniscientAdversary", server)):
         assert line in source and line in readme

@@ -8,8 +8,8 @@ import math
 import torch
 from torch import Tensor
 
-from ..seeds import seeded_generator
-from .base import PreAggregator
+from flwr_byz.seeds import seeded_generator
+from flwr_byz.aggregation.base import PreAggregator
 
 
 class Bucketing(PreAggregator):

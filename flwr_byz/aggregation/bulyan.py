@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Rule, pairwise_sq_distances
-from .krum import krum_order
-from .median import CoordinateMedian
+from flwr_byz.aggregation.base import Rule, pairwise_sq_distances
+from flwr_byz.aggregation.krum import krum_order
+from flwr_byz.aggregation.median import CoordinateMedian
 
 SELECTIONS = ("krum", "multikrum")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Rule
-from .clipping import clip_rows
-from .median import check_start, start_point
+from flwr_byz.aggregation.base import Rule
+from flwr_byz.aggregation.clipping import clip_rows
+from flwr_byz.aggregation.median import check_start, start_point
 
 
 class CenteredClipping(Rule):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import PreAggregator
+from flwr_byz.aggregation.base import PreAggregator
 
 
 def clip_rows(x: Tensor, c: float) -> Tensor:

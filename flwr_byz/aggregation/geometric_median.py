@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Rule
-from .median import check_start, start_point
+from flwr_byz.aggregation.base import Rule
+from flwr_byz.aggregation.median import check_start, start_point
 
 
 def distances_to(x: Tensor, z: Tensor) -> Tensor:

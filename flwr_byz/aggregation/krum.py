@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Rule, distinct_ties, pairwise_sq_distances, sort_by, tie_order
+from flwr_byz.aggregation.base import Rule, distinct_ties, pairwise_sq_distances, sort_by, tie_order
 
 NEIGHBORS = ("n-f-2", "n-f-1")
 

@@ -2,7 +2,7 @@
 
 from torch import Tensor
 
-from .base import Rule
+from flwr_byz.aggregation.base import Rule
 
 
 class Mean(Rule):

@@ -2,8 +2,8 @@
 
 from torch import Tensor
 
-from .base import Rule
-from .sorting import order_statistics
+from flwr_byz.aggregation.base import Rule
+from flwr_byz.aggregation.sorting import order_statistics
 
 
 class CoordinateMedian(Rule):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import PreAggregator, pairwise_sq_distances, sort_by, tie_order
+from flwr_byz.aggregation.base import PreAggregator, pairwise_sq_distances, sort_by, tie_order
 
 
 def nearest_neighbours(x: Tensor, m: int) -> Tensor:

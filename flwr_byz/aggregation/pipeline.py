@@ -7,17 +7,17 @@ from typing import Any
 
 from torch import Tensor
 
-from .base import PreAggregator, Rule, Stage, as_batch
-from .bucketing import Bucketing
-from .bulyan import Bulyan
-from .centered_clipping import CenteredClipping
-from .clipping import StaticClipping
-from .geometric_median import GeometricMedian
-from .krum import Krum, MultiKrum
-from .mean import Mean
-from .median import CoordinateMedian
-from .nnm import NearestNeighborMixing
-from .trimmed_mean import TrimmedMean
+from flwr_byz.aggregation.base import PreAggregator, Rule, Stage, as_batch
+from flwr_byz.aggregation.bucketing import Bucketing
+from flwr_byz.aggregation.bulyan import Bulyan
+from flwr_byz.aggregation.centered_clipping import CenteredClipping
+from flwr_byz.aggregation.clipping import StaticClipping
+from flwr_byz.aggregation.geometric_median import GeometricMedian
+from flwr_byz.aggregation.krum import Krum, MultiKrum
+from flwr_byz.aggregation.mean import Mean
+from flwr_byz.aggregation.median import CoordinateMedian
+from flwr_byz.aggregation.nnm import NearestNeighborMixing
+from flwr_byz.aggregation.trimmed_mean import TrimmedMean
 
 RULES: dict[str, type[Rule]] = {
     cls.name: cls

@@ -3,8 +3,8 @@
 import torch
 from torch import Tensor
 
-from .base import Rule
-from .sorting import order_statistics
+from flwr_byz.aggregation.base import Rule
+from flwr_byz.aggregation.sorting import order_statistics
 
 
 class TrimmedMean(Rule):

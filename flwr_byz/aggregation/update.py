@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .pipeline import Aggregation, get_aggregator
+from flwr_byz.aggregation.pipeline import Aggregation, get_aggregator
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,13 @@
 and an ``AttackContext``.
 """
 
-from .base import Attack, AttackContext
-from .closed_form import ALittleIsEnough, FallOfEmpires, Gaussian, Inf, LabelFlip, SignFlip
-from .jump import Jump, JumpObjective
-from .line_search import GlobalSearch, Powell
-from .mimic import Mimic
-from .minmax import MinMax, MinSum
-from .registry import ATTACKS, get_attack
+from flwr_byz.attacks.base import Attack, AttackContext
+from flwr_byz.attacks.closed_form import ALittleIsEnough, FallOfEmpires, Gaussian, Inf, LabelFlip, SignFlip
+from flwr_byz.attacks.jump import Jump, JumpObjective
+from flwr_byz.attacks.line_search import GlobalSearch, Powell
+from flwr_byz.attacks.mimic import Mimic
+from flwr_byz.attacks.minmax import MinMax, MinSum
+from flwr_byz.attacks.registry import ATTACKS, get_attack
 
 __all__ = [
     "ATTACKS",

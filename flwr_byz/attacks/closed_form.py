@@ -12,7 +12,7 @@ import torch
 from scipy.stats import norm
 from torch import Tensor
 
-from .base import Attack, AttackContext
+from flwr_byz.attacks.base import Attack, AttackContext
 
 
 def standard_normal(like: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext, HonestLoss
-from .line_search import SOLVERS
-from .span import span_aggregation
+from flwr_byz.attacks.base import Attack, AttackContext, HonestLoss
+from flwr_byz.attacks.line_search import SOLVERS
+from flwr_byz.attacks.span import span_aggregation
 
 
 def relative_spread(honest: Tensor) -> float:

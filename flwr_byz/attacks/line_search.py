@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from .span import sides
+from flwr_byz.attacks.span import sides
 
 BatchedFn = Callable[[np.ndarray], np.ndarray]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext
-from .closed_form import standard_normal
+from flwr_byz.attacks.base import Attack, AttackContext
+from flwr_byz.attacks.closed_form import standard_normal
 
 
 class Mimic(Attack):

@@ -7,7 +7,7 @@ from abc import abstractmethod
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackContext
+from flwr_byz.attacks.base import Attack, AttackContext
 
 PERTURBATIONS = ("unit", "std", "sign")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import inspect
 
-from .base import Attack
-from .closed_form import ALittleIsEnough, FallOfEmpires, Gaussian, Inf, LabelFlip, SignFlip
-from .jump import Jump
-from .mimic import Mimic
-from .minmax import MinMax, MinSum
+from flwr_byz.attacks.base import Attack
+from flwr_byz.attacks.closed_form import ALittleIsEnough, FallOfEmpires, Gaussian, Inf, LabelFlip, SignFlip
+from flwr_byz.attacks.jump import Jump
+from flwr_byz.attacks.mimic import Mimic
+from flwr_byz.attacks.minmax import MinMax, MinSum
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..aggregation import (
+from flwr_byz.aggregation import (
     Aggregation,
     CoordinateMedian,
     GeometricMedian,
@@ -48,8 +48,8 @@ from ..aggregation import (
     StaticClipping,
     TrimmedMean,
 )
-from ..aggregation.nnm import nearest_neighbours
-from ..aggregation.sorting import FUSE_MIN_NUMEL, order_statistics
+from flwr_byz.aggregation.nnm import nearest_neighbours
+from flwr_byz.aggregation.sorting import FUSE_MIN_NUMEL, order_statistics
 
 SPAN_PRE = (NearestNeighborMixing, StaticClipping)
 SPAN_RULES = (Mean, GeometricMedian, Krum, MultiKrum)

@@ -5,8 +5,8 @@ simulations/paper``), plus the planning adversaries only this process's view all
 (``jump-tau > 1``, ``solve-p``). Imports no Flower module.
 """
 
-from .honest import HonestReplies, HonestWorkers, batchable
-from .runner import run
-from .simulation import Round, Simulation
+from flwr_byz.engine.honest import HonestReplies, HonestWorkers, batchable
+from flwr_byz.engine.runner import run
+from flwr_byz.engine.simulation import Round, Simulation
 
 __all__ = ["HonestReplies", "HonestWorkers", "Round", "Simulation", "batchable", "run"]

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from ..flat import FlatLayout
-from ..seeds import seeded_generator
-from ..tasks import Task, WorkerConfig, sample_batch, stepped, worker_step
+from flwr_byz.flat import FlatLayout
+from flwr_byz.seeds import seeded_generator
+from flwr_byz.tasks import Task, WorkerConfig, sample_batch, stepped, worker_step
 
 
 @dataclass(frozen=True)

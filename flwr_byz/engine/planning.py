@@ -34,15 +34,15 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor
 
-from ..attacks.base import HonestLoss
-from ..attacks.jump import relative_spread
-from ..attacks.line_search import GlobalSearch
-from ..config import RunSettings, parse_params
-from ..flat import FlatLayout
-from ..tasks import get_task
-from ..tasks.nodes import honest_loss_oracle
-from .honest import batchable
-from .simulation import Round, Simulation
+from flwr_byz.attacks.base import HonestLoss
+from flwr_byz.attacks.jump import relative_spread
+from flwr_byz.attacks.line_search import GlobalSearch
+from flwr_byz.settings import RunSettings, parse_params
+from flwr_byz.flat import FlatLayout
+from flwr_byz.tasks import get_task
+from flwr_byz.tasks.nodes import honest_loss_oracle
+from flwr_byz.engine.honest import batchable
+from flwr_byz.engine.simulation import Round, Simulation
 
 SOLVE_P_MAX_D = 64  # solve-p optimises T x d numbers: refused above this model size
 Attack = Callable[[int, Tensor], Tensor]  # (round index in the window, honest (k, h, d)) -> Byzantine (k, d)

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from ..config import RunSettings
-from ..experiments.results import RunLog, results_path, same_run
-from ..tasks.nodes import evaluated, test_set
-from .planning import planner
-from .simulation import Simulation
+from flwr_byz.settings import RunSettings
+from flwr_byz.results import RunLog, results_path, same_run
+from flwr_byz.tasks.nodes import evaluated, test_set
+from flwr_byz.engine.planning import planner
+from flwr_byz.engine.simulation import Simulation
 
 logger = logging.getLogger("flwr_byz.engine")
 

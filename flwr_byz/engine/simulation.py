@@ -1,4 +1,4 @@
-"""Robust D-SGD of one :class:`~flwr_byz.config.RunSettings` in this process, round by round.
+"""Robust D-SGD of one :class:`~flwr_byz.settings.RunSettings` in this process, round by round.
 
 The maths of the Flower path (``simulations/paper``: the honest ClientApp, the Byzantine
 ClientApp, ``OmniscientAdversary`` around ``RobustStrategy``), without the messages:
@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..aggregation.update import RobustUpdate, finite_rows, robust_update, rule_after
-from ..attacks import Attack, AttackContext
-from ..config import RunSettings
-from ..flat import FlatLayout
-from ..seeds import seeded_generator
-from ..tasks import stepped, worker_step
-from ..tasks.nodes import honest_loss_oracle, honest_partitions
-from .honest import HonestReplies, HonestWorkers
+from flwr_byz.aggregation.update import RobustUpdate, finite_rows, robust_update, rule_after
+from flwr_byz.attacks import Attack, AttackContext
+from flwr_byz.settings import RunSettings
+from flwr_byz.flat import FlatLayout
+from flwr_byz.seeds import seeded_generator
+from flwr_byz.tasks import stepped, worker_step
+from flwr_byz.tasks.nodes import honest_loss_oracle, honest_partitions
+from flwr_byz.engine.honest import HonestReplies, HonestWorkers
 
 logger = logging.getLogger("flwr_byz.engine")
 Planned = Callable[[Tensor], tuple[Tensor, dict[str, float]]]

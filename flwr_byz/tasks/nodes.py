@@ -15,7 +15,7 @@ from flwr_byz.tasks.partition import partition
 from flwr_byz.tasks.task import Task, get_task
 
 if TYPE_CHECKING:
-    from flwr_byz.config import RunSettings
+    from flwr_byz.settings import RunSettings
 
 
 @lru_cache(maxsize=4)

@@ -12,8 +12,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedMedian
 
-from flwr_byz.serverapp import wait_for_nodes
-from flwr_byz.strategies import OmniscientAdversary
+from flwr_byz.flower.paper.server_app import wait_for_nodes
+from flwr_byz.flower import OmniscientAdversary
 
 from .server_app import global_evaluate
 from .task import Net

@@ -3,7 +3,7 @@
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from flwr_byz.strategies import RobustStrategy
+from flwr_byz.flower import RobustStrategy
 
 from .task import build_model, test_accuracy
 

@@ -9,9 +9,9 @@ from flwr.clientapp import ClientApp
 
 from flwr_byz.attacks import ATTACKS
 from flwr_byz.attacks.closed_form import SignFlip
-from flwr_byz.clients.app import attack as flwr_byz_attack
-from flwr_byz.clients.app import role, train
-from flwr_byz.protocol import ATTACK_ACTION, ROLE_ACTION
+from flwr_byz.flower.paper.client_app import attack as flwr_byz_attack
+from flwr_byz.flower.paper.client_app import role, train
+from flwr_byz.flower.protocol import ATTACK_ACTION, ROLE_ACTION
 
 
 class ExplodingSignFlip(SignFlip):

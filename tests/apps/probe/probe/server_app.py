@@ -7,10 +7,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedMedian
 
-from flwr_byz.config import RunSettings
+from flwr_byz.settings import RunSettings
 from flwr_byz.flat import FlatLayout
-from flwr_byz.serverapp import wait_for_nodes
-from flwr_byz.strategies import OmniscientAdversary
+from flwr_byz.flower.paper.server_app import wait_for_nodes
+from flwr_byz.flower import OmniscientAdversary
 from flwr_byz.tasks import get_task
 
 app = ServerApp()

@@ -4,7 +4,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flwr_byz.clients import byzantine
+from flwr_byz.flower import byzantine
 
 from .task import Net, load_data, test, train
 

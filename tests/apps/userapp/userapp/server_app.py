@@ -5,8 +5,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
-from flwr_byz.serverapp import wait_for_nodes
-from flwr_byz.strategies import OmniscientAdversary, RobustStrategy
+from flwr_byz.flower.paper.server_app import wait_for_nodes
+from flwr_byz.flower import OmniscientAdversary, RobustStrategy
 
 from .task import Net, load_test, test
 

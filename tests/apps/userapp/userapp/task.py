@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from flwr_byz.clients import labels
+from flwr_byz.flower import labels
 
 
 class Net(nn.Module):

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import RunSettings
-from ..engine import Simulation
-from ..engine.planning import planner
-from ..tasks import get_task
+from flwr_byz.settings import RunSettings
+from flwr_byz.engine import Simulation
+from flwr_byz.engine.planning import planner
+from flwr_byz.tasks import get_task
 
 logger = logging.getLogger("flwr_byz.toy2d")
 

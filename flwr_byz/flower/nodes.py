@@ -9,9 +9,9 @@ import torch
 from flwr.app import Context
 from torch import Tensor
 
-from ..config import RunSettings
-from ..tasks import Task
-from ..tasks.nodes import honest_partitions
+from flwr_byz.settings import RunSettings
+from flwr_byz.tasks import Task
+from flwr_byz.tasks.nodes import honest_partitions
 
 
 @dataclass(frozen=True)

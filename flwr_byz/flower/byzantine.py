@@ -1,11 +1,11 @@
 """A Byzantine-capable ClientApp around a user's own ClientApp: ``app = byzantine(app)``.
 
 Honest nodes hand every message to the user's app unchanged (train, evaluate, queries, with its
-mods); the wrapper answers only the adversary protocol (``flwr_byz.protocol``): the role query, the
+mods); the wrapper answers only the adversary protocol (``flwr_byz.flower.protocol``): the role query, the
 attack requests of the Byzantine nodes (the last ``num-byzantine`` partition ids) and JUMP's score
 requests, which it answers with the user's own evaluate handler. The attack comes from the run
 config (:data:`RUN_CONFIG`); the server wraps its strategy in
-:class:`~flwr_byz.strategies.OmniscientAdversary`.
+:class:`~flwr_byz.flower.OmniscientAdversary`.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from torch import Tensor
 
-from ..attacks import ATTACKS, Attack, get_attack
-from ..config import parse_params
-from ..flat import FlatLayout
-from ..protocol import (
+from flwr_byz.attacks import ATTACKS, Attack, get_attack
+from flwr_byz.settings import parse_params
+from flwr_byz.flat import FlatLayout
+from flwr_byz.flower.protocol import (
     ATTACK_ACTION, HONEST_ORACLE, ROLE_ACTION, SCORE_ACTION, AttackRequest, NodeRole, ScoreReply, ScoreRequest,
     retyped,
 )
-from ..records import to_record
-from .byzantine import answer
-from .nodes import Role
+from flwr_byz.flower.records import to_record
+from flwr_byz.flower.attacker import answer
+from flwr_byz.flower.nodes import Role
 
 RUN_CONFIG: dict[str, Any] = {"attack": "none", "num-byzantine": 0, "attack-params": "", "seed": 0}
 """The run-config keys the wrapper reads, with their defaults (a key the app does not declare keeps its default)."""
@@ -115,7 +115,7 @@ class ByzantineClientApp(ClientApp):
             adversary = Adversary.from_run_config(context.run_config)
             if adversary.num_byzantine and Role.at(context, adversary.num_byzantine).byzantine:
                 raise ValueError(f"a Byzantine node got a plain {kind} message: wrap the ServerApp's strategy "
-                                 "in flwr_byz.strategies.OmniscientAdversary")
+                                 "in flwr_byz.flower.OmniscientAdversary")
         return self.app(message, context)
 
     def _role(self, msg: Message, context: Context) -> Message:
@@ -127,7 +127,7 @@ class ByzantineClientApp(ClientApp):
         if adversary.attack == "lf" and self.label_transform is None:
             raise ValueError("attack 'lf' trains your model on flipped labels, and only your code sees your labels: "
                              "wrap with byzantine(app, label_transform=lambda y: ...) and pass your training labels "
-                             "through flwr_byz.clients.labels(y)")
+                             "through flwr_byz.flower.labels(y)")
         attacking = role.byzantine and adversary.attack != "none"
         return NodeRole(role.byzantine, role.partition_id, attacking and ATTACKS[adversary.attack].shared,
                         adversary.attack, adversary.attack_params, HONEST_ORACLE).reply_to(msg)
@@ -147,7 +147,7 @@ class ByzantineClientApp(ClientApp):
             if reply.has_error():
                 raise RuntimeError(f"your train handler failed on flipped labels: {reply.error.reason}")
             if not used[1]:
-                raise ValueError("LF: your train handler never called flwr_byz.clients.labels(y), so its labels "
+                raise ValueError("LF: your train handler never called flwr_byz.flower.labels(y), so its labels "
                                  "were not flipped: pass your training labels through it")
             state = next(iter(reply.content.array_records.values())).to_torch_state_dict()
             return (theta - layout.flatten(state, theta.dtype).to(theta.device)) / request.gamma

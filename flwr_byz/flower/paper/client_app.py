@@ -5,12 +5,12 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from ..attacks import ATTACKS
-from ..config import RunSettings
-from ..protocol import ATTACK_ACTION, ROLE_ACTION, AttackRequest, NodeRole
-from .byzantine import train_byzantine
-from .honest import train_honest
-from .nodes import Role
+from flwr_byz.attacks import ATTACKS
+from flwr_byz.settings import RunSettings
+from flwr_byz.flower.protocol import ATTACK_ACTION, ROLE_ACTION, AttackRequest, NodeRole
+from flwr_byz.flower.attacker import train_byzantine
+from flwr_byz.flower.paper.honest import train_honest
+from flwr_byz.flower.nodes import Role
 
 app = ClientApp()
 

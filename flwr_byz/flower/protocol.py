@@ -12,7 +12,7 @@ written once. Three exchanges:
   model to ``echo``: they send the same vector without repeating the search.
 
 * Score (``evaluate.score``, only to honest nodes, only for JUMP on an app whose nodes cannot score
-  candidates themselves: a user's app wrapped with :func:`flwr_byz.clients.byzantine`): a
+  candidates themselves: a user's app wrapped with :func:`flwr_byz.flower.attacker`): a
   :class:`ScoreRequest` carries ``k`` candidate models; the node runs its own evaluate handler
   on each and answers a :class:`ScoreReply` (each metric of that handler, one value per candidate).
 
@@ -77,14 +77,14 @@ class NodeRole:
         if reply.has_error():
             unwrapped = f"No {MessageType.QUERY} function registered" in reply.error.reason
             raise RuntimeError(f"role query failed on node {node}: {reply.error.reason}" + (
-                ". Every node must run a Byzantine-capable ClientApp: flwr_byz's (flwr_byz.clients:app), or yours "
-                "wrapped with `app = flwr_byz.clients.byzantine(app)` at the end of your client_app.py"
+                ". Every node must run a Byzantine-capable ClientApp: flwr_byz's (flwr_byz.flower:app), or yours "
+                "wrapped with `app = flwr_byz.flower.attacker(app)` at the end of your client_app.py"
                 if unwrapped else ""))
         record = reply.content.config_records.get(ROLE_RECORD)
         if record is None:
             raise RuntimeError(
                 f"node {node} does not speak the adversary protocol (no {ROLE_RECORD!r} record in its {ROLE_TYPE} "
-                "reply): wrap your ClientApp with `app = flwr_byz.clients.byzantine(app)`"
+                "reply): wrap your ClientApp with `app = flwr_byz.flower.attacker(app)`"
             )
         return cls(bool(record["byzantine"]), int(record["rank"]), bool(record["shared"]), str(record["attack"]),
                    str(record["attack-params"]), str(record["oracle"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .results import read_run
+from flwr_byz.results import read_run
 
 
 def summary_row(path: Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The results store: a folder of runs, each keyed by the hash of its full settings.
 
 * finished: ``<name>_<key>.jsonl`` (settings, rows, footer with timing and versions), published
-  atomically by :class:`~flwr_byz.experiments.results.RunLog`;
+  atomically by :class:`~flwr_byz.results.RunLog`;
 * failed: ``<name>_<key>.failed.json`` (settings and the error), written atomically, removed when the
   run later finishes;
 * in progress or killed: ``.jsonl.partial`` and, for checkpointed engine runs, ``.jsonl.ckpt``.
@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import RunSettings, settings_key
-from .results import is_complete, results_path
+from flwr_byz.settings import RunSettings, settings_key
+from flwr_byz.results import is_complete, results_path
 
 FAILED = ".failed.json"
 STORE_FILE = "store.json"

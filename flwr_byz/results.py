@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..config import RunSettings
+from flwr_byz.settings import RunSettings
 
 PARTIAL = ".partial"
 

@@ -3,8 +3,8 @@
 The app needs two lines: ``app = byzantine(app)`` in its client app and
 ``OmniscientAdversary(strategy)`` in its server app. Flower refuses ``--run-config`` keys an app
 does not declare, so the audit runs a staged copy whose run config also declares the wrapper's keys
-(:data:`flwr_byz.clients.wrapper.RUN_CONFIG`). Each run reads the hook's JSON log lines
-(``flwr_byz.strategies.adversary.EVENT``) back from `flwr run`'s output: the defence and the f it
+(:data:`flwr_byz.flower.byzantine.RUN_CONFIG`). Each run reads the hook's JSON log lines
+(``flwr_byz.flower.adversary.EVENT``) back from `flwr run`'s output: the defence and the f it
 tolerates, every evaluation of the app's own ``evaluate_fn`` (and federated evaluation, as
 ``federated-<metric>``) and every round's training and attack metrics. Runs go to a results
 store (``<out>/runs``, one file per run keyed by its settings and the app's source), so an
@@ -30,13 +30,13 @@ from typing import Any, TextIO
 
 import tomli_w
 
-from ..attacks import ATTACKS
-from ..clients.wrapper import RUN_CONFIG
-from ..config import settings_key
-from ..strategies.adversary import EVENT
-from . import audit_report, store
-from .flower import FlowerLauncher
-from .results import RunLog, finished
+from flwr_byz.attacks import ATTACKS
+from flwr_byz.flower.byzantine import RUN_CONFIG
+from flwr_byz.settings import settings_key
+from flwr_byz.flower.adversary import EVENT
+from flwr_byz.runs import audit_report, store
+from flwr_byz.runs.launcher import FlowerLauncher
+from flwr_byz.results import RunLog, finished
 
 DEFAULT_ATTACKS = ("none", "sf", "alie", "foe", "minmax", "minsum", "mimic", "jump")
 ROUNDS_KEYS = ("num-server-rounds", "num-rounds", "rounds")
@@ -200,7 +200,7 @@ class Audit:
             table = rows(found)
             if not outcome.ok or not table:
                 why = "" if table else ("no flwr-byz events in its output: wrap the ServerApp's strategy in "
-                                        "flwr_byz.strategies.OmniscientAdversary and run it with strategy.start()\n")
+                                        "flwr_byz.flower.OmniscientAdversary and run it with strategy.start()\n")
                 store.write_failure(store.failure_of(path), run.header, f"{why}status {outcome.status}\n"
                                     f"{tail(outcome.output)}")
                 self.say(f"  {run.name}: FAILED ({outcome.status}) -> {store.failure_of(path)}")
@@ -265,7 +265,7 @@ class Audit:
         """The f values to audit: ``fs``, or 1 .. the tolerated f the hook logged; each checked against it."""
         if defence is None:
             raise ValueError("the app's ServerApp logged no defence: wrap its strategy in "
-                             "flwr_byz.strategies.OmniscientAdversary (a strategy flwr_byz does not know needs "
+                             "flwr_byz.flower.OmniscientAdversary (a strategy flwr_byz does not know needs "
                              "OmniscientAdversary(strategy, defended=DefendedRule(spec, f)))")
         tolerated = int(defence["tolerated_f"])
         what = f"{defence['strategy']} ({defence['rule']}, f={defence['rule_f']}) on {defence['nodes']} nodes"

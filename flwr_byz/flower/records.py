@@ -1,11 +1,21 @@
-"""Reading and writing the records a node exchanges with the server."""
+"""Flower records and named torch tensors: conversions, a node's persistent state, a server instruction."""
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from torch import Tensor
 
-from ..records import to_record, to_tensors
+
+def to_tensors(record: ArrayRecord) -> dict[str, Tensor]:
+    """Named CPU tensors of ``record``, in its key order."""
+    return {key: torch.from_numpy(np.array(arr.numpy(), copy=True)) for key, arr in record.items()}
+
+
+def to_record(tensors: dict[str, Tensor]) -> ArrayRecord:
+    """ArrayRecord holding ``tensors`` (moved to CPU), in their key order."""
+    return ArrayRecord({key: Array(t.detach().cpu().numpy()) for key, t in tensors.items()})
 
 
 def instruction(msg: Message) -> tuple[ArrayRecord, ConfigRecord]:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .store import Run
-from .tables import attacks_of, band, interval, save_figure
+from flwr_byz.runs.store import Run
+from flwr_byz.runs.tables import attacks_of, band, interval, save_figure
 
 GOALS = ("max", "min")
 ROUND_PNG, F_PNG = "metric-vs-round.png", "metric-vs-f.png"

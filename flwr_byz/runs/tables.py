@@ -19,7 +19,7 @@ from typing import Any
 
 from scipy import stats
 
-from .store import Run
+from flwr_byz.runs.store import Run
 
 ATTACK_ORDER = ("none", "alie", "foe", "lf", "mimic", "minmax", "minsum", "sf", "gaussian", "inf", "jump", "solve-p")
 ROW_KEYS = ("task", "aggregation", "num-byzantine", "alpha", "momentum")

@@ -13,11 +13,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from torch import Tensor
 
-from ..aggregation import Aggregation, get_aggregator
-from ..aggregation.update import robust_update, rule_after
-from ..flat import FlatLayout
-from ..records import to_record, to_tensors
-from .screening import screen_replies
+from flwr_byz.aggregation import Aggregation, get_aggregator
+from flwr_byz.aggregation.update import robust_update, rule_after
+from flwr_byz.flat import FlatLayout
+from flwr_byz.flower.records import to_record, to_tensors
+from flwr_byz.flower.screening import screen_replies
 
 
 class RobustStrategy(FedAvg):

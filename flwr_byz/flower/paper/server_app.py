@@ -10,11 +10,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from .config import RunSettings
-from .experiments.results import RunLog
-from .strategies import OmniscientAdversary, RobustStrategy
-from .tasks import Task, get_task
-from .tasks.nodes import evaluated, test_set
+from flwr_byz.settings import RunSettings
+from flwr_byz.results import RunLog
+from flwr_byz.flower import OmniscientAdversary, RobustStrategy
+from flwr_byz.tasks import Task, get_task
+from flwr_byz.tasks.nodes import evaluated, test_set
 
 app = ServerApp()
 

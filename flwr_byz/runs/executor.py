@@ -13,13 +13,14 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..config import RunSettings
-from . import store
-from .flower import FlowerLauncher, signals_ignored, terminated_as_interrupt
-from .results import results_dir
-from .sweep import Sweep
+from flwr_byz.settings import RunSettings
+from flwr_byz.runs import store
+from flwr_byz.runs.launcher import FlowerLauncher, signals_ignored, terminated_as_interrupt
+from flwr_byz.results import results_dir
+from flwr_byz.flower.paper import APP_DIR
+from flwr_byz.runs.grid import Sweep
 
-PAPER_APP = Path(__file__).resolve().parents[2] / "simulations" / "paper"
+PAPER_APP = APP_DIR
 FLOWER_RUN_TIMEOUT = 7 * 24 * 3600.0  # a Flower run of a sweep is stopped only if it hangs for a week
 
 
@@ -54,7 +55,7 @@ def execute(settings: dict, nodes: int, checkpoint_every: int, threads: int) -> 
     """One engine run (a Ray task's body): its results file."""
     import torch
 
-    from ..engine import run
+    from flwr_byz.engine import run
 
     torch.set_num_threads(threads)
     return str(run(RunSettings.from_run_config(settings), nodes=nodes, checkpoint_every=checkpoint_every))

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..attacks import Attack, AttackContext
-from ..config import RunSettings
-from ..engine import Simulation
-from ..seeds import seeded_generator
-from ..tasks.nodes import honest_loss_oracle
+from flwr_byz.attacks import Attack, AttackContext
+from flwr_byz.settings import RunSettings
+from flwr_byz.engine import Simulation
+from flwr_byz.seeds import seeded_generator
+from flwr_byz.tasks.nodes import honest_loss_oracle
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """JUMP's honest loss from the honest nodes' own evaluate handlers (a user's app wrapped with
-``flwr_byz.clients.byzantine``): the oracle when the adversary has the user's code, not their data."""
+``flwr_byz.flower.attacker``): the oracle when the adversary has the user's code, not their data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from torch import Tensor
 
-from ..protocol import ScoreReply, ScoreRequest
+from flwr_byz.flower.protocol import ScoreReply, ScoreRequest
 
 
 class EvaluateOracle:
@@ -18,7 +18,7 @@ class EvaluateOracle:
 
     ``l_i`` is node ``i``'s evaluate handler's ``loss_key`` metric on its own data, ``w_i`` its
     ``weight_key`` metric (``num-examples``). One call scores ``k`` flat candidates ``(k, d)`` (the
-    floating entries of ``model``) with one :class:`~flwr_byz.protocol.ScoreRequest` per node, all
+    floating entries of ``model``) with one :class:`~flwr_byz.flower.protocol.ScoreRequest` per node, all
     ``k`` in it: ``h`` messages of ``k d`` numbers and ``k h`` evaluate passes. ``loss_key=None``
     picks the one metric whose name contains ``loss``. ``calls`` and ``seconds`` add up the calls.
     """

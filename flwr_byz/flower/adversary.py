@@ -7,7 +7,6 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
@@ -15,70 +14,20 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
-from flwr.serverapp.strategy import (
-    Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Strategy,
-)
-from flwr.serverapp.strategy.multikrum import select_multikrum
+from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from ..attacks import ATTACKS, get_attack
-from ..clients.byzantine import byzantine_model
-from ..config import parse_params
-from ..protocol import HONEST_ORACLE, AttackReply, AttackRequest, NodeRole, retyped, role_query
-from ..records import to_tensors
-from .oracle import EvaluateOracle
-from .robust import RobustStrategy, pseudo_gradients
-from .screening import screen_replies
+from flwr_byz.attacks import ATTACKS, get_attack
+from flwr_byz.flower.attacker import byzantine_model
+from flwr_byz.flower.defended import DefendedRule, defended_rule, tolerated_f
+from flwr_byz.settings import parse_params
+from flwr_byz.flower.protocol import HONEST_ORACLE, AttackReply, AttackRequest, NodeRole, retyped, role_query
+from flwr_byz.flower.records import to_tensors
+from flwr_byz.flower.oracle import EvaluateOracle
+from flwr_byz.flower.robust import pseudo_gradients
+from flwr_byz.flower.screening import screen_replies
 
-
-@dataclass(frozen=True)
-class DefendedRule:
-    """What the adversary knows of the defence: ``get_aggregator(spec, f, **params)`` and ``server_lr``."""
-
-    spec: str
-    f: int
-    params: dict[str, Any] = field(default_factory=dict)
-    server_lr: float = 1.0
-
-
-def defended_rule(strategy: Strategy, n: int) -> DefendedRule:
-    """The flwr_byz rule equivalent to ``strategy`` aggregating ``n`` replies.
-
-    FedAvg = mean, FedMedian = CM, FedTrimmedAvg(beta) = TM trimming ``floor(beta n)``,
-    Krum / MultiKrum = original Krum (n - f - 2 neighbours) / MultiKrum, Bulyan with its default
-    MultiKrum selection = Bulyan(selection="multikrum").
-    """
-    if isinstance(strategy, RobustStrategy):
-        return DefendedRule(strategy.aggregator.spec, strategy.f, strategy.aggregation_params, strategy.server_lr)
-    if isinstance(strategy, FedMedian):
-        return DefendedRule("cm", 0)
-    if isinstance(strategy, FedTrimmedAvg):
-        return DefendedRule("tm", int(strategy.beta * n))
-    if isinstance(strategy, Krum):
-        return DefendedRule("krum", strategy.num_malicious_nodes)
-    if isinstance(strategy, MultiKrum):
-        return DefendedRule("multikrum", strategy.num_malicious_nodes, {"select": strategy.num_nodes_to_select})
-    if isinstance(strategy, Bulyan) and strategy.selection_rule is select_multikrum:
-        return DefendedRule("bulyan", strategy.num_malicious_nodes, {"selection": "multikrum"})
-    if type(strategy) is FedAvg:
-        return DefendedRule("mean", 0)
-    raise ValueError(
-        f"no known flwr_byz rule for {type(strategy).__name__}: pass "
-        f"defended=DefendedRule(spec, f) to OmniscientAdversary"
-    )
-
-
-F_FREE_RULES = ("mean", "cm", "gm")  # rules whose output does not depend on the f they are given
 EVENT = "flwr-byz-event "  # prefix of the hook's log lines that `flwr-byz audit` reads back
-
-
-def tolerated_f(rule: DefendedRule, n: int) -> int:
-    """The most Byzantine nodes among ``n`` the defence is built for: fewer than half (no rule
-    survives ``f >= n/2``), and at most the rule's own ``f`` when its output depends on it (Krum, TM,
-    NNM, Bulyan, ...). The f-free rules (mean, CM, GM: FedAvg, FedMedian) get the first bound."""
-    bound = (n - 1) // 2
-    return bound if rule.spec in F_FREE_RULES else min(bound, rule.f)
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -93,7 +42,7 @@ class OmniscientAdversary(Strategy):
     their pseudo-gradients ``(theta - theta_i) / gamma_t`` (``gamma_t`` under the strategy's
     own ``lr_key``, 1 if absent; replies screened with its ``weighted_by_key``), the global
     model, the step sizes, the defended rule and the order in which the defence will see
-    the replies go to the sampled Byzantine nodes (``flwr_byz.protocol``). If their attack
+    the replies go to the sampled Byzantine nodes (``flwr_byz.flower.protocol``). If their attack
     is ``shared`` (the same vector on every node), one node computes it and the others
     echo it. Each Byzantine reply is rebuilt as a reply to the plain ``train`` instruction
     with an honest reply's record names, metric keys and types (metrics: the honest mean),
@@ -104,9 +53,9 @@ class OmniscientAdversary(Strategy):
     silent (the defence alone: a baseline). More attacking nodes than the defence tolerates
     (:func:`tolerated_f`) stop the run before round 1.
 
-    Nodes of a user's app wrapped with ``flwr_byz.clients.byzantine`` have the user's code but
+    Nodes of a user's app wrapped with ``flwr_byz.flower.attacker`` have the user's code but
     not the honest data: for JUMP the hook runs the attack itself, scoring candidate models with
-    the honest nodes' own evaluate handlers (:class:`~flwr_byz.strategies.oracle.EvaluateOracle`,
+    the honest nodes' own evaluate handlers (:class:`~flwr_byz.flower.oracle.EvaluateOracle`,
     metric ``loss_key``; ``None``: the one metric named ``*loss*``), and the Byzantine nodes send
     its model. Every round's training metrics and every evaluation (centralised, through
     :meth:`start`'s ``evaluate_fn``, and federated) are also logged as JSON lines (:data:`EVENT`).

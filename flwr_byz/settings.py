@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from .aggregation import Aggregation, get_aggregator
-from .attacks import ATTACKS, Attack, get_attack
-from .attacks.line_search import SOLVERS
-from .tasks import TASKS, LossSampling, WorkerConfig, get_task, lr_at
+from flwr_byz.aggregation import Aggregation, get_aggregator
+from flwr_byz.attacks import ATTACKS, Attack, get_attack
+from flwr_byz.attacks.line_search import SOLVERS
+from flwr_byz.tasks import TASKS, LossSampling, WorkerConfig, get_task, lr_at
 
 AUTO = "auto"
 PLANNED_ATTACKS = ("solve-p",)  # attacks that only the in-process engine can run (flwr_byz.engine.planning)

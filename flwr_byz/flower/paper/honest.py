@@ -5,11 +5,11 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import Tensor
 
-from ..config import RunSettings
-from ..records import to_record
-from ..tasks import Task, stepped, worker_step
-from .nodes import Role, device, local_data
-from .records import instruction, load_state, save_state
+from flwr_byz.settings import RunSettings
+from flwr_byz.flower.records import to_record
+from flwr_byz.tasks import Task, stepped, worker_step
+from flwr_byz.flower.nodes import Role, device, local_data
+from flwr_byz.flower.records import instruction, load_state, save_state
 
 
 def momentum_step(

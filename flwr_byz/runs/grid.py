@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import RunSettings
+from flwr_byz.settings import RunSettings
 
 EXECUTORS = ("engine", "flower")
 TOP_KEYS = {"name", "executor", "honest", "checkpoint-every", "grid", "exclude", "include"}

@@ -1,5 +1,5 @@
 """The Byzantine step: the model a Byzantine node sends in answer to the hook's attack request
-(``flwr_byz.protocol``), wherever it is computed (a Byzantine node, or the hook itself for JUMP
+(``flwr_byz.flower.protocol``), wherever it is computed (a Byzantine node, or the hook itself for JUMP
 scored by a user app's honest nodes)."""
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ import torch
 from flwr.app import Context
 from torch import Tensor
 
-from ..aggregation import get_aggregator
-from ..attacks import Attack, AttackContext
-from ..attacks.base import HonestLoss
-from ..config import RunSettings
-from ..flat import FlatLayout
-from ..protocol import AttackReply, AttackRequest
-from ..records import to_record
-from ..seeds import seeded_generator
-from ..tasks.nodes import honest_loss_oracle
-from .honest import momentum_step
-from .nodes import Role, device, local_data
-from .records import load_state, save_state
+from flwr_byz.aggregation import get_aggregator
+from flwr_byz.attacks import Attack, AttackContext
+from flwr_byz.attacks.base import HonestLoss
+from flwr_byz.settings import RunSettings
+from flwr_byz.flat import FlatLayout
+from flwr_byz.flower.protocol import AttackReply, AttackRequest
+from flwr_byz.flower.records import to_record
+from flwr_byz.seeds import seeded_generator
+from flwr_byz.tasks.nodes import honest_loss_oracle
+from flwr_byz.flower.paper.honest import momentum_step
+from flwr_byz.flower.nodes import Role, device, local_data
+from flwr_byz.flower.records import load_state, save_state
 
 STATE_KEY = "attack-state"
 Flipped = Callable[[Tensor, FlatLayout], Tensor]

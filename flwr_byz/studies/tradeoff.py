@@ -16,10 +16,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-from ..config import RunSettings
-from ..engine import run
-from .results import is_complete, read_run, results_path
-from .tables import interval
+from flwr_byz.settings import RunSettings
+from flwr_byz.engine import run
+from flwr_byz.results import is_complete, read_run, results_path
+from flwr_byz.runs.tables import interval
 
 logger = logging.getLogger("flwr_byz.tradeoff")
 

@@ -1,1 +1,0 @@
-"""Experiments: results files, `flwr run` launching, tables and plots."""

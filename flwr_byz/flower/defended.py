@@ -1,0 +1,59 @@
+"""What the omniscient adversary knows of the defence: the flwr_byz rule a Flower strategy computes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Strategy
+from flwr.serverapp.strategy.multikrum import select_multikrum
+
+from flwr_byz.flower.robust import RobustStrategy
+
+
+@dataclass(frozen=True)
+class DefendedRule:
+    """What the adversary knows of the defence: ``get_aggregator(spec, f, **params)`` and ``server_lr``."""
+
+    spec: str
+    f: int
+    params: dict[str, Any] = field(default_factory=dict)
+    server_lr: float = 1.0
+
+
+def defended_rule(strategy: Strategy, n: int) -> DefendedRule:
+    """The flwr_byz rule equivalent to ``strategy`` aggregating ``n`` replies.
+
+    FedAvg = mean, FedMedian = CM, FedTrimmedAvg(beta) = TM trimming ``floor(beta n)``,
+    Krum / MultiKrum = original Krum (n - f - 2 neighbours) / MultiKrum, Bulyan with its default
+    MultiKrum selection = Bulyan(selection="multikrum").
+    """
+    if isinstance(strategy, RobustStrategy):
+        return DefendedRule(strategy.aggregator.spec, strategy.f, strategy.aggregation_params, strategy.server_lr)
+    if isinstance(strategy, FedMedian):
+        return DefendedRule("cm", 0)
+    if isinstance(strategy, FedTrimmedAvg):
+        return DefendedRule("tm", int(strategy.beta * n))
+    if isinstance(strategy, Krum):
+        return DefendedRule("krum", strategy.num_malicious_nodes)
+    if isinstance(strategy, MultiKrum):
+        return DefendedRule("multikrum", strategy.num_malicious_nodes, {"select": strategy.num_nodes_to_select})
+    if isinstance(strategy, Bulyan) and strategy.selection_rule is select_multikrum:
+        return DefendedRule("bulyan", strategy.num_malicious_nodes, {"selection": "multikrum"})
+    if type(strategy) is FedAvg:
+        return DefendedRule("mean", 0)
+    raise ValueError(
+        f"no known flwr_byz rule for {type(strategy).__name__}: pass "
+        f"defended=DefendedRule(spec, f) to OmniscientAdversary"
+    )
+
+
+F_FREE_RULES = ("mean", "cm", "gm")  # rules whose output does not depend on the f they are given
+
+
+def tolerated_f(rule: DefendedRule, n: int) -> int:
+    """The most Byzantine nodes among ``n`` the defence is built for: fewer than half (no rule
+    survives ``f >= n/2``), and at most the rule's own ``f`` when its output depends on it (Krum, TM,
+    NNM, Bulyan, ...). The f-free rules (mean, CM, GM: FedAvg, FedMedian) get the first bound."""
+    bound = (n - 1) // 2
+    return bound if rule.spec in F_FREE_RULES else min(bound, rule.f)

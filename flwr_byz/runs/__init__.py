@@ -1,0 +1,1 @@
+"""Runs: results store, grids (specs, planner, executor on Ray or through `flwr run`), reports and audits."""
