@@ -48,7 +48,7 @@ from flwr_byz.attacks.jump import fingerprint
 from flwr_byz.attacks.span import orthonormal_span, span_aggregation
 from flwr_byz.tasks.nodes import honest_partitions
 from flwr_byz.settings import RunSettings
-from flwr_byz.studies.replay import RecordedRound, attack_context, simulate
+from flwr_byz.studies.replay import RecordedRound, leader_context, simulate
 from flwr_byz.flat import FlatLayout
 from flwr_byz.tasks import get_task, loss_draws
 
@@ -211,7 +211,7 @@ def replay(args: argparse.Namespace, settings: RunSettings) -> None:
         for name in names:
             variant = VARIANTS[name]
             attack = get_attack("jump", **variant.params)
-            ctx = attack_context(variant.of(settings), state)
+            ctx = leader_context(variant.of(settings), state)
             torch.set_num_threads(threads if name == "reference" else args.threads)  # time the others as in a node
             start = time.perf_counter()
             attack(state.honest, ctx)

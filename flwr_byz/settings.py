@@ -22,7 +22,6 @@ import torch
 
 from flwr_byz.aggregation import Aggregation, get_aggregator
 from flwr_byz.attacks import ATTACKS, Attack, get_attack
-from flwr_byz.attacks.line_search import SOLVERS
 from flwr_byz.tasks import TASKS, LossSampling, WorkerConfig, get_task, lr_at
 
 AUTO = "auto"
@@ -58,6 +57,55 @@ def settings_key(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
+ADVERSARY_KEYS: dict[str, Any] = {"attack": "none", "num-byzantine": 0, "attack-params": "", "seed": 0}
+"""The run-config keys of every Byzantine-capable ClientApp (``byzantine(app)``, the paper app), with their
+defaults: a key an app does not declare keeps its default."""
+
+
+@dataclass(frozen=True)
+class Adversary:
+    """What a run config asks of the Byzantine nodes: the attack (a name of :data:`flwr_byz.attacks.ATTACKS` or
+    ``none``: the Byzantine nodes stay silent) with its ``attack-params`` (``"key=value, ..."``, e.g.
+    ``"solver=powell"`` for JUMP), ``num-byzantine`` (the last partition ids; 0: an honest run, in which no node
+    answers the adversary protocol) and the ``seed`` of the attack's randomness."""
+
+    attack: str = "none"
+    num_byzantine: int = 0
+    attack_params: str = ""
+    seed: int = 0
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, Any]) -> Adversary:
+        """The adversary of a run config (keys of :data:`ADVERSARY_KEYS`); a wrong type, an unknown attack or
+        parameter, or an attack without Byzantine nodes raises ``ValueError``."""
+        values = {key: config.get(key, default) for key, default in ADVERSARY_KEYS.items()}
+        for key, default in ADVERSARY_KEYS.items():
+            if type(values[key]) is not type(default):
+                raise ValueError(f"run config {key}={values[key]!r}: expected {type(default).__name__}")
+        adversary = cls(str(values["attack"]).lower(), int(values["num-byzantine"]), str(values["attack-params"]),
+                        int(values["seed"]))
+        adversary.check()
+        return adversary
+
+    def check(self) -> None:
+        """Unknown attacks and parameters fail here, naming the valid ones."""
+        if self.num_byzantine < 0:
+            raise ValueError(f"num-byzantine must be >= 0, got {self.num_byzantine}")
+        if self.attack != "none":
+            self.make_attack()
+            if self.num_byzantine == 0:
+                raise ValueError(f"attack={self.attack!r} with num-byzantine=0 attacks nobody: set num-byzantine")
+
+    @property
+    def attacking(self) -> bool:
+        """Whether the Byzantine nodes send an attack (not silent)."""
+        return self.attack != "none" and self.num_byzantine > 0
+
+    def make_attack(self) -> Attack:
+        """``get_attack(attack, **attack-params)``."""
+        return get_attack(self.attack, **parse_params(self.attack_params, "attack-params"))
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """One experiment: task, defence, attack, heterogeneity and honest D-SGD hyper-parameters.
@@ -82,7 +130,6 @@ class RunSettings:
     num_byzantine: int = 3
     attack: str = "none"
     attack_params: str = ""
-    jump_solver: str = "global"
     jump_tau: int = 1
     jump_loss_size: int | None = None
     jump_screen_size: int | None = None
@@ -122,8 +169,6 @@ class RunSettings:
             raise ValueError(f"unknown attack {self.attack!r}; valid: none, {', '.join([*ATTACKS, *PLANNED_ATTACKS])}")
         if self.jump_tau < 1:
             raise ValueError(f"jump-tau must be at least 1, got {self.jump_tau}")
-        if self.jump_solver not in SOLVERS:
-            raise ValueError(f"unknown jump-solver {self.jump_solver!r}; valid: {', '.join(SOLVERS)}")
         self.aggregator()  # unknown names and parameters a stage rejects fail here
         if self.attack != "none" and not self.planning:  # planners check their own parameters
             self.make_attack()
@@ -172,14 +217,14 @@ class RunSettings:
         """The defended rule ``get_aggregator(aggregation, aggregation-f, **aggregation-params)``."""
         return get_aggregator(self.aggregation, self.aggregation_f, **self.aggregation_kwargs)
 
+    @property
+    def adversary(self) -> Adversary:
+        """The run's :class:`Adversary` (its keys are the Byzantine ClientApp's whole run-config schema)."""
+        return Adversary(self.attack, self.num_byzantine, self.attack_params, self.seed)
+
     def make_attack(self) -> Attack:
-        """The attack ``get_attack(attack, **attack-params)`` (JUMP with ``solver=jump-solver``)."""
-        params = parse_params(self.attack_params, "attack-params")
-        if self.attack == "jump":
-            if "solver" in params:
-                raise ValueError("attack-params: set JUMP's solver with the jump-solver key")
-            params["solver"] = self.jump_solver
-        return get_attack(self.attack, **params)
+        """The attack ``get_attack(attack, **attack-params)``."""
+        return self.adversary.make_attack()
 
     @property
     def planning(self) -> bool:

@@ -76,14 +76,14 @@ def test_stage_and_attack_parameters():
     agg = settings.aggregator()
     assert agg.rule.nu == 0.2 and agg.rule.start == "median" and agg.pre[0].s == 3
     assert settings.make_attack().eps == 2
-    assert RunSettings(attack="jump", jump_solver="powell").make_attack().solver.start == 1.0
+    assert RunSettings(attack="jump", attack_params="solver=powell").make_attack().solver.start == 1.0
     assert parse_params(" a=1, b=2.5 , c=true, d='x' ", "k") == {"a": 1, "b": 2.5, "c": True, "d": "x"}
 
 
 @pytest.mark.parametrize("key, value, message", [
     ("task", "mnist2", "unknown task"), ("attack", "jmup", "unknown attack"),
     ("aggregation", "nnm+median", "unknown aggregation rule"), ("rounds", 0, "rounds must be at least 1"),
-    ("jump-solver", "glob", r"unknown jump-solver 'glob'; valid: global, powell"),
+    ("jump-solver", "powell", "unknown run-config key 'jump-solver'; valid keys: task, "),
     ("aggregation-params", "nu=0.2", r"not accepted by 'nnm\+cm'; valid parameters: none"),
     ("aggregation-params", "nu", "expected comma-separated key=value pairs"),
     ("rounds", 2.5, "needs an int or 'auto', got 2.5"), ("lr", "fast", "needs a float or 'auto'"),
@@ -103,6 +103,7 @@ def test_impossible_settings_fail_at_once(key, value, message):
     ("jump", "inlier_points=-1", "inlier_points, rounds, piece_ends >= 0"),
     ("jump", "max_batch_elems=0", "need max_batch_elems, finalists >= 1"),
     ("jump", "finalists=0", "need max_batch_elems, finalists >= 1"),
+    ("jump", "solver=glob", r"jump: unknown solver 'glob'; valid: \['global', 'powell'\]"),
 ])
 def test_attack_parameters_out_of_range_fail_at_once(attack, params, message):
     with pytest.raises(ValueError, match=message):

@@ -14,7 +14,7 @@ from flwr_byz.settings import RunSettings
 from flwr_byz.engine import Simulation, run
 from flwr_byz.engine.planning import Rollout, plan_global, plan_powell, planner
 from flwr_byz.attacks.line_search import GlobalSearch
-from flwr_byz.studies.replay import attack_context, simulate
+from flwr_byz.studies.replay import leader_context, simulate
 from flwr_byz.results import read_run
 from flwr_byz.flat import FlatLayout
 from flwr_byz.tasks import get_task, worker_step
@@ -98,7 +98,7 @@ def test_jump_rounds_are_replayable_from_the_leaders_context() -> None:
     assert all(r.metrics["jump-finalists"] >= 1 and r.metrics["attack-seconds"] > 0 for r in rounds)
     state = rounds[-1]
     attack = get_attack("jump")
-    vector = attack(state.honest, attack_context(settings, state))
+    vector = attack(state.honest, leader_context(settings, state))
     torch.testing.assert_close(vector, state.attack, rtol=0, atol=1e-6)
     assert attack.metrics["jump-lambda"] == state.metrics["jump-lambda"]
 
@@ -146,11 +146,13 @@ def test_planning_refuses_what_it_cannot_do() -> None:
     cnn = RunSettings(task="mnist", attack="jump", jump_tau=4, num_byzantine=1)
     with pytest.raises(ValueError, match="use mnist-logreg or toy2d"):
         planner(cnn, Simulation(cnn, nodes=3, device="cpu"))
+    with pytest.raises(ValueError, match="unknown JUMP solver 'glob'; valid: global, powell"):
+        planner(dataclasses.replace(TOY, jump_tau=3, attack_params="solver=glob"), Simulation(TOY, 3, "cpu"))
     with pytest.raises(ValueError, match=r"attack-params \['finalists'\] are not parameters of the jump-tau planner"):
         planner(dataclasses.replace(TOY, jump_tau=3, attack_params="finalists=3"), Simulation(TOY, 3, "cpu"))
     with pytest.raises(ValueError, match="solve-p takes no attack-params"):
         planner(dataclasses.replace(TOY, attack="solve-p", attack_params="radii=3"), Simulation(TOY, 3, "cpu"))
-    powell = dataclasses.replace(TOY, jump_tau=3, jump_solver="powell", attack_params="maxfev=50")
+    powell = dataclasses.replace(TOY, jump_tau=3, attack_params="solver=powell, maxfev=50")
     assert planner(powell, Simulation(powell, 3, "cpu")).params == {"maxfev": 50}  # the planner's, not JUMP-1's
     with pytest.raises(ValueError, match=r"KRUM needs n > 2f \+ 2, got n=3, f=1"):
         Simulation(dataclasses.replace(TOY, aggregation="krum"), 3, "cpu")  # as RobustStrategy refuses it

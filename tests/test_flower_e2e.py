@@ -53,10 +53,10 @@ def test_paper_app_trains_and_writes_results(launcher, tmp_path):
 
 
 def test_a_misspelt_value_fails_the_run_before_training(launcher, tmp_path):
-    config = {"task": "mnist-logreg", "attack": "jump", "jump-solver": "glob", "rounds": 2,
+    config = {"task": "mnist-logreg", "attack": "jump", "attack-params": "solver=glob", "rounds": 2,
               "results-dir": str(tmp_path)}
     out = launcher.run(ROOT / "simulations/paper", config, num_supernodes=4)
-    assert not out.ok and "unknown jump-solver 'glob'; valid: global, powell" in out.output
+    assert not out.ok and "jump: unknown solver 'glob'; valid: ['global', 'powell']" in out.output
     assert not list(tmp_path.glob("*.jsonl*"))  # nothing ran
 
 

@@ -13,9 +13,8 @@ from flwr.clientapp import ClientApp
 
 from conftest import ROOT
 from flower_helpers import LoopbackGrid, simulation_contexts
+from flwr_byz.flower import byzantine
 from flwr_byz.flower.paper.client_app import app as flwr_byz_app
-from flwr_byz.flower.paper.client_app import attack as attack_handler
-from flwr_byz.flower.paper.client_app import role as role_handler
 from flwr_byz.flower.protocol import ATTACK_TYPE, ECHO_RECORD, HONEST_RECORD, AttackRequest, NodeRole
 from flwr_byz.flower import OmniscientAdversary, RobustStrategy
 
@@ -32,10 +31,8 @@ def honest_gradient(node: int) -> np.ndarray:
 
 def custom_app(lr_key: str = "step", weight_key: str = "n-samples") -> ClientApp:
     """A user's ClientApp with its own config and metric keys, made Byzantine-capable with
-    flwr_byz's role and attack handlers. Honest node i sends ``theta - step * g_i``."""
+    ``byzantine(app)``. Honest node i sends ``theta - step * g_i``."""
     app = ClientApp()
-    app.query("role")(role_handler)
-    app.train("attack")(attack_handler)
 
     @app.train()
     def train(msg: Message, context) -> Message:
@@ -47,7 +44,7 @@ def custom_app(lr_key: str = "step", weight_key: str = "n-samples") -> ClientApp
             "metrics": MetricRecord({weight_key: 5 + int(context.node_config["partition-id"]), "loss": 0.25}),
         }), reply_to=msg)
 
-    return app
+    return byzantine(app)
 
 
 class Recording(RobustStrategy):

@@ -176,7 +176,7 @@ def test_lf_needs_a_label_transform_and_its_use():
 def test_bad_input_fails_at_once_naming_the_fix():
     contexts = simulation_contexts(config(attack="sf", **{"num-byzantine": 2}), N)
     unwrapped = LoopbackGrid(user.app.app, contexts)
-    with pytest.raises(RuntimeError, match=r"app = flwr_byz.flower.attacker\(app\)"):
+    with pytest.raises(RuntimeError, match=r"app = flwr_byz.flower.byzantine\(app\)"):
         OmniscientAdversary(FedMedian()).discover_roles(unwrapped)
     krum = OmniscientAdversary(Krum(num_malicious_nodes=1))
     with pytest.raises(ValueError, match="2 Byzantine nodes of 5, but Krum .* tolerates at most 1: lower num-byz"):
@@ -223,6 +223,9 @@ def test_tolerated_f_is_below_half_and_at_most_the_rules_own_f():
     assert tolerated_f(DefendedRule("nnm+cm", 2), 7) == 2 and tolerated_f(DefendedRule("tm", 0), 9) == 0
 
 
+JUMP_RUN = config(attack="jump", **{"num-byzantine": 1})
+
+
 def scoring_app(metrics) -> ClientApp:
     """A user app whose evaluate handler reports ``metrics(sum of the model's w, partition id)``."""
     app = ClientApp()
@@ -244,7 +247,7 @@ def test_evaluate_oracle_is_the_weighted_mean_of_the_nodes_losses():
     from flwr_byz.flower.oracle import EvaluateOracle
 
     app = scoring_app(lambda s, i: {"my_loss": (i + 1) * s, "acc": 0.5, "num-examples": 10 * (i + 1)})
-    grid = LoopbackGrid(app, simulation_contexts(config(), N))
+    grid = LoopbackGrid(app, simulation_contexts(JUMP_RUN, N))
     model = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32)), "steps": Array(np.array([4]))})
     candidates = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.0, 0.5]])
     oracle = EvaluateOracle(grid, [1, 2, 3], model, ("arrays", "config"), ConfigRecord(), None, "num-examples")
@@ -253,7 +256,7 @@ def test_evaluate_oracle_is_the_weighted_mean_of_the_nodes_losses():
     for metrics, key, match in ((lambda s, i: {"a_loss": s, "b_loss": s, "num-examples": 1}, None, "2 names with"),
                                 (lambda s, i: {"my_loss": s, "num-examples": 1}, "val_loss", "loss_key=<one of them>"),
                                 (lambda s, i: {"my_loss": s}, None, "the weight 'num-examples'")):
-        grid = LoopbackGrid(scoring_app(metrics), simulation_contexts(config(), N))
+        grid = LoopbackGrid(scoring_app(metrics), simulation_contexts(JUMP_RUN, N))
         with pytest.raises(ValueError, match=match):
             EvaluateOracle(grid, [1, 2], model, ("arrays", "config"), ConfigRecord(), key, "num-examples")(candidates)
 

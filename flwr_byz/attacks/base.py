@@ -73,12 +73,15 @@ class Attack(ABC):
     Byzantine node would compute the same vector (deterministic in the honest vectors and
     the context), so a simulation computes it once per round; attacks with per-node
     randomness, data or state set it to False. ``needs_loss``: the attack scores candidates with
-    ``ctx.honest_loss`` (JUMP), so whoever runs it must provide that oracle.
+    ``ctx.honest_loss`` (JUMP), so whoever runs it must provide that oracle. ``needs_flipped``: it sends
+    ``ctx.flipped``, the honest pipeline's vector on flipped labels (LF), which whoever runs it computes.
+    State carried across rounds: :meth:`state_dict`.
     """
 
     name: ClassVar[str]
     shared: ClassVar[bool] = True
     needs_loss: ClassVar[bool] = False
+    needs_flipped: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}

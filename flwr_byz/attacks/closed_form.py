@@ -87,6 +87,7 @@ class LabelFlip(Attack):
 
     name = "lf"
     shared = False
+    needs_flipped = True
 
     def _attack(self, honest: Tensor, ctx: AttackContext) -> Tensor:
         if ctx.flipped is None:

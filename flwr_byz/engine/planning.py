@@ -9,7 +9,7 @@ in the real simulation, so the realised trajectory is the planned one.
 
 * JUMP-tau: every ``tau`` rounds, choose ``lambda_1..lambda_tau`` jointly to maximise
   ``sum_s L_H(theta_s)`` over the segment's iterates, the Byzantine vector of round ``s`` being
-  ``lambda_s gbar_s`` (``gbar_s`` the honest mean of that round). Solvers (``jump-solver``):
+  ``lambda_s gbar_s`` (``gbar_s`` the honest mean of that round). Solvers (``attack-params = "solver=..."``):
   ``powell`` (the paper's: scipy's Powell from ``lambda = 1``) and ``global``: greedy
   lambdas (each maximising the next iterate's loss, the 1-D global search of JUMP-1),
   then cyclic coordinate ascent on the segment's total with the same 1-D search, a move
@@ -36,7 +36,8 @@ from torch import Tensor
 
 from flwr_byz.attacks.base import HonestLoss
 from flwr_byz.attacks.jump import relative_spread
-from flwr_byz.attacks.line_search import GlobalSearch
+from flwr_byz.attacks.line_search import SOLVERS, GlobalSearch
+from flwr_byz.dsgd import reply_order
 from flwr_byz.settings import RunSettings, parse_params
 from flwr_byz.flat import FlatLayout
 from flwr_byz.tasks import get_task
@@ -83,8 +84,7 @@ class Rollout:
         shuffler.setstate(sim.shuffler.getstate())
         self.ahead: list[Ahead] = []
         for t in range(sim.round + 1, sim.round + rounds + 1):
-            order = list(range(sim.h + sim.f))
-            shuffler.shuffle(order)
+            order = reply_order(shuffler, sim.h + sim.f)
             loss, _ = honest_loss_oracle(s, sim.h, t, sim.device)
             self.ahead.append(Ahead(t, s.lr_at(t), torch.tensor(order, device=sim.device), sim.rule.for_round(t),
                                     loss, sim.workers.batch(t)))
@@ -262,12 +262,12 @@ def check_planning(settings: RunSettings) -> None:
     if settings.attack == "solve-p" and settings.attack_params:
         raise ValueError(f"solve-p takes no attack-params, got {settings.attack_params!r}")
     if settings.attack == "jump":
-        valid = {f.name for f in dataclasses.fields(GlobalSearch)} if settings.jump_solver == "global" else \
-            {"start", "maxfev"}
-        unknown = set(parse_params(settings.attack_params, "attack-params")) - valid
+        solver, params = planner_params(settings)
+        valid = {f.name for f in dataclasses.fields(GlobalSearch)} if solver == "global" else {"start", "maxfev"}
+        unknown = set(params) - valid
         if unknown:
             raise ValueError(f"attack-params {sorted(unknown)} are not parameters of the jump-tau planner with "
-                             f"jump-solver={settings.jump_solver}; valid: {', '.join(sorted(valid))}")
+                             f"solver={solver}; valid: solver, {', '.join(sorted(valid))}")
     d = FlatLayout.of(model.state_dict()).numel
     if settings.attack == "solve-p" and d > SOLVE_P_MAX_D:
         raise ValueError(f"solve-p optimises every Byzantine vector directly (d = {d} numbers per round): only "
@@ -286,5 +286,14 @@ def planner(settings: RunSettings, sim: Simulation) -> Simulation | JumpPlanner 
                          "batch sizes: every honest partition must hold at least batch-size examples")
     if settings.attack == "solve-p":
         return SolveP(sim)
-    return JumpPlanner(sim, settings.jump_tau, settings.jump_solver, **parse_params(settings.attack_params,
-                                                                                     "attack-params"))
+    solver, params = planner_params(settings)
+    return JumpPlanner(sim, settings.jump_tau, solver, **params)
+
+
+def planner_params(settings: RunSettings) -> tuple[str, dict[str, object]]:
+    """JUMP-tau's solver (``attack-params`` key ``solver``, default ``global``) and its other parameters."""
+    params = parse_params(settings.attack_params, "attack-params")
+    solver = str(params.pop("solver", "global"))
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown JUMP solver {solver!r}; valid: {', '.join(SOLVERS)}")
+    return solver, params

@@ -29,11 +29,11 @@ import torch
 from torch import Tensor
 
 from flwr_byz.aggregation.update import RobustUpdate, finite_rows, robust_update, rule_after
-from flwr_byz.attacks import Attack, AttackContext
+from flwr_byz.attacks import Attack
+from flwr_byz.dsgd import attack_context, attack_rows, buffer_median, pseudo_gradient, reply_order
 from flwr_byz.settings import RunSettings
 from flwr_byz.flat import FlatLayout
-from flwr_byz.seeds import seeded_generator
-from flwr_byz.tasks import stepped, worker_step
+from flwr_byz.tasks import flip_labels, stepped, worker_step
 from flwr_byz.tasks.nodes import honest_loss_oracle, honest_partitions
 from flwr_byz.engine.honest import HonestReplies, HonestWorkers
 
@@ -121,8 +121,7 @@ class Simulation:
         theta = self.theta
         honest = self.workers.step(self.state, self.momenta, t, gamma)
         self.momenta = honest.momenta
-        order = list(range(self.h + self.f))
-        self.shuffler.shuffle(order)
+        order = reply_order(self.shuffler, self.h + self.f)
         valid = finite_rows(honest.wire)
         metrics: dict[str, float] = {}
         attack = None
@@ -146,24 +145,18 @@ class Simulation:
         return Round(t, theta, honest.wire, attack, s.server_lr * gamma, update, metrics)
 
     def _move(self, update: RobustUpdate, honest: HonestReplies, order: list[int]) -> None:
-        """The new global state: the updated flat model; integer buffers the median of the valid replies'."""
+        """The new global state: the updated flat model; integer buffers the median of the valid replies'
+        (a Byzantine reply carries the global model's)."""
         assert update.theta is not None
-        new = self.state | self.layout.unflatten(update.theta)
         kept = [i for i, good in zip(order, update.finite.tolist()) if good]
-        for key, value in self.state.items():
-            if key not in self.layout.names:
-                values = [honest.buffers[i][key] if i < self.h else value for i in kept]
-                new[key] = torch.stack(values).median(dim=0).values
-        self.state = new
+        replies = [honest.buffers[i] if i < self.h else self.state for i in kept]
+        self.state = self.state | self.layout.unflatten(update.theta) | buffer_median(self.state, replies)
 
     def _attack(self, t: int, theta: Tensor, honest: Tensor, valid: Tensor, order: list[int], gamma: float,
                 planned: Planned | None) -> tuple[Tensor, dict[str, float]]:
         """The pseudo-gradients ``(f, d)`` the server reads from the Byzantine replies, and the leader's metrics."""
         start = time.perf_counter()
-        rows = torch.cumsum(valid.long(), 0) - 1  # reply i's row among the valid honest ones
-        h_valid = len(honest)
-        ctx_order = [int(rows[i]) if i < self.h else h_valid + i - self.h for i in order
-                     if i >= self.h or bool(valid[i])]
+        ctx_order = attack_rows(order, valid.tolist())
         if planned is not None:  # its metrics carry its own attack-seconds (planning time)
             vector, metrics = planned(honest)
             vectors = vector.expand(self.f, -1)
@@ -178,25 +171,20 @@ class Simulation:
 
     def _node_attack(self, j: int, t: int, theta: Tensor, honest: Tensor, order: list[int], gamma: float) -> Tensor:
         """Byzantine node ``h + j``'s vector, from the context its ClientApp builds."""
-        s, attack, pid = self.settings, self.attacks[j], self.h + j
-        losses = honest_loss_oracle(s, self.h, t, self.device) if attack.name == "jump" else (None, None)
-        ctx = AttackContext(
-            n=len(honest) + self.f, f=self.f, aggregator=self.rule.for_round(t), lr=gamma * s.server_lr,
-            params=theta, honest_loss=losses[0], screening_loss=losses[1],
-            flipped=self._flipped(j, t, theta, gamma) if attack.name == "lf" else None,
-            generator=seeded_generator(s.seed, t, pid, "attack"), order=torch.tensor(order, device=theta.device),
-        )
+        s, attack = self.settings, self.attacks[j]
+        losses = honest_loss_oracle(s, self.h, t, self.device) if attack.needs_loss else (None, None)
+        ctx = attack_context(self.rule, t, len(honest) + self.f, self.f, gamma * s.server_lr, theta, order, s.seed,
+                             self.h + j, *losses, self._flipped(j, t, theta, gamma) if attack.needs_flipped else None)
         return attack(honest, ctx)
 
     def _flipped(self, j: int, t: int, theta: Tensor, gamma: float) -> Tensor:
-        """LF: node ``h + j``'s honest pipeline on partition ``j mod h`` with labels ``c - 1 - y``."""
+        """LF: node ``h + j``'s honest pipeline on partition ``j mod h`` with labels :func:`flip_labels`."""
         x, y = self.workers.shards[j % self.h]
         self.model.load_state_dict(self.state)
-        result = worker_step(self.task, self.model, x, self.task.num_classes - 1 - y, self.flipped_momenta[j],
+        result = worker_step(self.task, self.model, x, flip_labels(y), self.flipped_momenta[j],
                              self.settings.worker(), self.settings.seed, self.h + j, t)
         self.flipped_momenta[j] = result.momentum
-        sent = stepped(self.model, self.state, result.momentum, gamma)
-        return (theta - self.layout.flatten(sent)) / gamma
+        return pseudo_gradient(theta, stepped(self.model, self.state, result.momentum, gamma), self.layout, gamma)
 
 
 def _weighted_mean(values: list[float], weights: list[int]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import time
@@ -17,10 +18,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from flwr_byz.attacks import ATTACKS, get_attack
+from flwr_byz.attacks import ATTACKS
+from flwr_byz.dsgd import attack_rows, reply_order
 from flwr_byz.flower.attacker import byzantine_model
 from flwr_byz.flower.defended import DefendedRule, defended_rule, tolerated_f
-from flwr_byz.settings import parse_params
+from flwr_byz.settings import Adversary
 from flwr_byz.flower.protocol import HONEST_ORACLE, AttackReply, AttackRequest, NodeRole, retyped, role_query
 from flwr_byz.flower.records import to_tensors
 from flwr_byz.flower.oracle import EvaluateOracle
@@ -53,7 +55,7 @@ class OmniscientAdversary(Strategy):
     silent (the defence alone: a baseline). More attacking nodes than the defence tolerates
     (:func:`tolerated_f`) stop the run before round 1.
 
-    Nodes of a user's app wrapped with ``flwr_byz.flower.attacker`` have the user's code but
+    Nodes of a user's app wrapped with ``flwr_byz.flower.byzantine`` have the user's code but
     not the honest data: for JUMP the hook runs the attack itself, scoring candidate models with
     the honest nodes' own evaluate handlers (:class:`~flwr_byz.flower.oracle.EvaluateOracle`,
     metric ``loss_key``; ``None``: the one metric named ``*loss*``), and the Byzantine nodes send
@@ -67,7 +69,7 @@ class OmniscientAdversary(Strategy):
         self.seed, self.loss_key = seed, loss_key
         self.evaluate_config, self.timeout = ConfigRecord(), 3600.0  # as start() got them (JUMP's score requests)
         self.rng = random.Random(seed)
-        self.roles: dict[int, NodeRole] | None = None
+        self.roles: dict[int, NodeRole | None] | None = None  # None: refused, the run has no Byzantine node
         self._grid: Grid | None = None
         self._instruction: RecordDict | None = None
         self._byzantine_nodes: list[int] = []
@@ -84,12 +86,13 @@ class OmniscientAdversary(Strategy):
     @property
     def byzantine(self) -> set[int]:
         """Node ids of the Byzantine nodes (after role discovery)."""
-        return {node for node, role in (self.roles or {}).items() if role.byzantine}
+        return {node for node, role in (self.roles or {}).items() if role is not None and role.byzantine}
 
     @property
     def attacking(self) -> bool:
         """Whether the Byzantine nodes attack (``attack`` on and an attack in their roles)."""
-        return self.attack and any(role.attack != "none" for role in (self.roles or {}).values() if role.byzantine)
+        return self.attack and any(role.attack != "none" for role in (self.roles or {}).values()
+                                   if role is not None and role.byzantine)
 
     # --------------------------------------------------------------- roles
     def discover_roles(self, grid: Grid) -> set[int]:
@@ -127,6 +130,18 @@ class OmniscientAdversary(Strategy):
         role = (self.roles or {}).get(node)
         return (role.rank if role else 1 << 62, node)
 
+    def _rank_order(self, reply: Message) -> tuple[int, int, bytes]:
+        """Sort key of a reply: its node's rank; in an honest run (no ranks) a digest of its arrays, so the
+        order does not depend on node ids, which Flower draws anew for each run."""
+        rank, node = self._rank(reply.metadata.src_node_id)
+        if rank != 1 << 62 or reply.has_error():
+            return rank, node, b""
+        digest = hashlib.blake2b(digest_size=16)
+        for record in reply.content.array_records.values():
+            for array in record.values():
+                digest.update(array.data)
+        return rank, 0, digest.digest()
+
     # --------------------------------------------------------------- training
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -142,21 +157,14 @@ class OmniscientAdversary(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        honest = sorted(replies, key=lambda r: self._rank(r.metadata.src_node_id))
-        # Replies reach the strategy in a seeded shuffle of rank order (honest, then Byzantine):
-        # seeded runs are reproducible bit for bit although floating-point sums depend on order.
-        shuffle = list(range(len(honest) + len(self._byzantine_nodes)))
-        self.rng.shuffle(shuffle)
+        honest = sorted(replies, key=self._rank_order)
+        shuffle = reply_order(self.rng, len(honest) + len(self._byzantine_nodes))
         valid = screen_replies(honest, self._global_arrays(), self.weight_key).valid if self._instruction else []
         attacks: list[Message] = []
         attack_metrics: dict[str, float] = {}
         if self.attacking and self._byzantine_nodes and valid:
-            valid_row = {id(r): j for j, r in enumerate(valid)}
-
-            def row(i: int) -> int | None:  # reply i's row in the attack's stack [valid honest, Byzantine]
-                return valid_row.get(id(honest[i])) if i < len(honest) else len(valid) + i - len(honest)
-
-            order = [r for r in map(row, shuffle) if r is not None]
+            kept = {id(r) for r in valid}
+            order = attack_rows(shuffle, [id(r) in kept for r in honest])
             attacks, attack_metrics = self._attack(server_round, valid, order)
         elif self._byzantine_nodes:
             log(WARNING, "Round %d: Byzantine nodes silent (%s)", server_round,
@@ -227,7 +235,7 @@ class OmniscientAdversary(Strategy):
         model and metrics with ``oracle-calls`` and ``oracle-seconds`` (the scoring's share of ``attack-seconds``)."""
         assert self._grid is not None and self.roles is not None
         role = self.roles[self._byzantine_nodes[0]]
-        attack = get_attack(role.attack, **parse_params(role.attack_params, "attack-params"))
+        attack = Adversary(role.attack, attack_params=role.attack_params).make_attack()
         config = ConfigRecord({**self.evaluate_config, "server-round": request.server_round})
         oracle = EvaluateOracle(self._grid, honest_nodes, request.model, request.names, config, self.loss_key,
                                 self.weight_key, self.timeout)

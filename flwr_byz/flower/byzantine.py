@@ -1,41 +1,56 @@
-"""A Byzantine-capable ClientApp around a user's own ClientApp: ``app = byzantine(app)``.
+"""A Byzantine-capable ClientApp around any ClientApp: ``app = byzantine(app)``. The one Byzantine client of
+flwr_byz: a user's app and the paper's honest D-SGD app (``flwr_byz.flower.paper``) are both wrapped by it.
 
-Honest nodes hand every message to the user's app unchanged (train, evaluate, queries, with its
-mods); the wrapper answers only the adversary protocol (``flwr_byz.flower.protocol``): the role query, the
-attack requests of the Byzantine nodes (the last ``num-byzantine`` partition ids) and JUMP's score
-requests, which it answers with the user's own evaluate handler. The attack comes from the run
-config (:data:`RUN_CONFIG`); the server wraps its strategy in
-:class:`~flwr_byz.flower.OmniscientAdversary`.
+Honest messages go to the wrapped app unchanged (train, evaluate, the app's own queries, with its mods); the
+wrapper answers only the adversary protocol (``flwr_byz.flower.protocol``), and only in a run whose config has
+Byzantine nodes (``num-byzantine > 0``, :class:`~flwr_byz.settings.Adversary`): otherwise the app behaves exactly
+like the unwrapped one and every adversary request gets an error reply naming why. In such a run:
+
+* the role query is answered by every node;
+* an attack request only by a Byzantine node (the last ``num-byzantine`` partition ids) of a run whose attack is
+  not ``none``;
+* a score request (JUMP scored by the honest nodes' evaluate handlers) only by an honest node of a run whose
+  attack needs the honest loss, with at most :data:`~flwr_byz.flower.protocol.MAX_SCORE_CANDIDATES` models.
+
+JUMP's honest loss comes from a local ``oracle`` where the node holds the honest data (the paper app), else from
+the honest nodes' evaluate handlers (the hook runs JUMP and the Byzantine nodes send its model). LF runs the
+wrapped app's own train handler with its labels transformed (:func:`labels`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from torch import Tensor
 
-from flwr_byz.attacks import ATTACKS, Attack, get_attack
-from flwr_byz.settings import parse_params
+from flwr_byz.attacks import ATTACKS
+from flwr_byz.attacks.base import HonestLoss
 from flwr_byz.flat import FlatLayout
-from flwr_byz.flower.protocol import (
-    ATTACK_ACTION, HONEST_ORACLE, ROLE_ACTION, SCORE_ACTION, AttackRequest, NodeRole, ScoreReply, ScoreRequest,
-    retyped,
-)
-from flwr_byz.flower.records import to_record
 from flwr_byz.flower.attacker import answer
 from flwr_byz.flower.nodes import Role
+from flwr_byz.flower.protocol import (
+    ATTACK_ACTION, HONEST_ORACLE, LOCAL_ORACLE, MAX_SCORE_CANDIDATES, OFF, REFUSED, ROLE_ACTION, SCORE_ACTION,
+    AttackRequest, NodeRole, ScoreReply, ScoreRequest, retyped,
+)
+from flwr_byz.flower.records import to_record
+from flwr_byz.settings import Adversary
 
-RUN_CONFIG: dict[str, Any] = {"attack": "none", "num-byzantine": 0, "attack-params": "", "seed": 0}
-"""The run-config keys the wrapper reads, with their defaults (a key the app does not declare keeps its default)."""
+LocalOracle = Callable[[Context, int], tuple[HonestLoss, HonestLoss | None]]
+"""JUMP's honest loss from data the node holds: ``(context, server_round) -> (L_H, screening L_H or None)``."""
 
 _label_transform: contextvars.ContextVar[list | None] = contextvars.ContextVar("flwr_byz_label_transform",
                                                                                default=None)
+
+
+class Refused(PermissionError):
+    """An adversary request this node does not answer (the error reply names why)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"{REFUSED}: {why}")
 
 
 def labels(y: Tensor) -> Tensor:
@@ -61,48 +76,20 @@ def flipping(transform: Callable[[Tensor], Tensor]) -> Iterator[list]:
         _label_transform.reset(token)
 
 
-@dataclass(frozen=True)
-class Adversary:
-    """What the run config asks of the wrapper: the attack (a library name or ``none``) with its
-    ``attack-params``, the number of Byzantine nodes (the last partition ids) and the seed of the
-    attack's randomness."""
-
-    attack: str = "none"
-    num_byzantine: int = 0
-    attack_params: str = ""
-    seed: int = 0
-
-    @classmethod
-    def from_run_config(cls, config: Mapping[str, Any]) -> Adversary:
-        values = {key: config.get(key, default) for key, default in RUN_CONFIG.items()}
-        for key, default in RUN_CONFIG.items():
-            if type(values[key]) is not type(default):
-                raise ValueError(f"run config {key}={values[key]!r}: expected {type(default).__name__}")
-        adversary = cls(str(values["attack"]).lower(), int(values["num-byzantine"]), str(values["attack-params"]),
-                        int(values["seed"]))
-        if adversary.attack != "none":
-            adversary.make_attack()  # unknown names and parameters fail here, naming the valid ones
-            if adversary.num_byzantine == 0:
-                raise ValueError(f"attack={adversary.attack!r} with num-byzantine=0 attacks nobody: set num-byzantine")
-        return adversary
-
-    def make_attack(self) -> Attack:
-        return get_attack(self.attack, **parse_params(self.attack_params, "attack-params"))
-
-
 class ByzantineClientApp(ClientApp):
-    """``app`` on honest nodes, the run config's attack on Byzantine ones.
+    """``app`` on honest nodes, the run config's attack on Byzantine ones (module docstring).
 
-    ``label_transform`` (e.g. ``lambda y: 9 - y``) enables LF: a Byzantine node runs ``app``'s
-    own train handler on the global model with its labels transformed (through :func:`labels`)
-    and attacks with that update.
+    ``label_transform`` (e.g. ``lambda y: 9 - y``) enables LF: a Byzantine node runs ``app``'s own train handler
+    on the global model with its labels transformed (through :func:`labels`) and attacks with that update.
+    ``oracle`` (:data:`LocalOracle`) lets a Byzantine node score JUMP's candidates itself.
     """
 
-    def __init__(self, app: ClientApp, label_transform: Callable[[Tensor], Tensor] | None = None) -> None:
+    def __init__(self, app: ClientApp, label_transform: Callable[[Tensor], Tensor] | None = None,
+                 oracle: LocalOracle | None = None) -> None:
         if not isinstance(app, ClientApp):
             raise TypeError(f"byzantine() wraps a flwr ClientApp, got {type(app).__name__}")
         super().__init__()
-        self.app, self.label_transform = app, label_transform
+        self.app, self.label_transform, self.oracle = app, label_transform, oracle
         self.query(ROLE_ACTION)(self._role)
         self.train(ATTACK_ACTION)(self._attack)
         self.evaluate(SCORE_ACTION)(self._score)
@@ -118,46 +105,68 @@ class ByzantineClientApp(ClientApp):
                                  "in flwr_byz.flower.OmniscientAdversary")
         return self.app(message, context)
 
-    def _role(self, msg: Message, context: Context) -> Message:
-        """This node's :class:`NodeRole`: JUMP is scored by the honest nodes (``oracle="honest-nodes"``)."""
+    @staticmethod
+    def _run(context: Context) -> tuple[Adversary, Role]:
+        """The run's adversary and this node's role; :class:`Refused` in an honest run (no Byzantine node)."""
         adversary = Adversary.from_run_config(context.run_config)
-        if not adversary.num_byzantine:  # an honest run: no partition ids needed (deployed SuperNodes)
-            return NodeRole(False, int(context.node_config.get("partition-id", context.node_id))).reply_to(msg)
-        role = Role.at(context, adversary.num_byzantine)
-        if adversary.attack == "lf" and self.label_transform is None:
-            raise ValueError("attack 'lf' trains your model on flipped labels, and only your code sees your labels: "
-                             "wrap with byzantine(app, label_transform=lambda y: ...) and pass your training labels "
-                             "through flwr_byz.flower.labels(y)")
-        attacking = role.byzantine and adversary.attack != "none"
+        if not adversary.num_byzantine:
+            raise Refused(f"the run config has no Byzantine node (num-byzantine = 0): {OFF}")
+        return adversary, Role.at(context, adversary.num_byzantine)
+
+    def _role(self, msg: Message, context: Context) -> Message:
+        """This node's :class:`NodeRole`."""
+        adversary, role = self._run(context)
+        if ATTACKS.get(adversary.attack) is not None and ATTACKS[adversary.attack].needs_flipped \
+                and self.label_transform is None:
+            raise ValueError(f"attack {adversary.attack!r} trains your model on flipped labels, and only your code "
+                             "sees your labels: wrap with byzantine(app, label_transform=lambda y: ...) and pass "
+                             "your training labels through flwr_byz.flower.labels(y)")
+        attacking = role.byzantine and adversary.attacking
         return NodeRole(role.byzantine, role.partition_id, attacking and ATTACKS[adversary.attack].shared,
-                        adversary.attack, adversary.attack_params, HONEST_ORACLE).reply_to(msg)
+                        adversary.attack, adversary.attack_params,
+                        LOCAL_ORACLE if self.oracle is not None else HONEST_ORACLE).reply_to(msg)
 
     def _attack(self, msg: Message, context: Context) -> Message:
-        """The Byzantine reply to an attack request (JUMP's own model comes from the hook, as an echo)."""
-        adversary = Adversary.from_run_config(context.run_config)
+        """The Byzantine reply to an attack request (JUMP without a local oracle: the hook's model, echoed)."""
+        adversary, role = self._run(context)
+        if not role.byzantine:
+            raise Refused(f"node of partition {role.partition_id} is honest: it computes no attack")
+        if not adversary.attacking:
+            raise Refused("the run's attack is none: its Byzantine nodes stay silent")
         request, attack = AttackRequest.from_message(msg), adversary.make_attack()
+        losses: tuple[HonestLoss | None, HonestLoss | None] = (None, None)
         if attack.needs_loss and request.echo is None:
-            raise ValueError(f"{attack.name} on a wrapped app is computed by the hook, which sends its model to echo")
-        role = Role.at(context, adversary.num_byzantine)
+            if self.oracle is None:
+                raise ValueError(f"{attack.name} on a wrapped app is computed by the hook, which sends its model "
+                                 "to echo")
+            losses = self.oracle(context, request.server_round)
+        flipped = self._flipped(msg, request, context) if attack.needs_flipped and request.echo is None else None
+        return answer(request, context, attack, adversary.seed, role.partition_id, *losses, flipped).reply_to(msg)
 
-        def flipped(theta: Tensor, layout: FlatLayout) -> Tensor:
-            assert self.label_transform is not None
-            with flipping(self.label_transform) as used:
-                reply = self.app(retyped(msg, request.instruction(), MessageType.TRAIN), context)
-            if reply.has_error():
-                raise RuntimeError(f"your train handler failed on flipped labels: {reply.error.reason}")
-            if not used[1]:
-                raise ValueError("LF: your train handler never called flwr_byz.flower.labels(y), so its labels "
-                                 "were not flipped: pass your training labels through it")
-            state = next(iter(reply.content.array_records.values())).to_torch_state_dict()
-            return (theta - layout.flatten(state, theta.dtype).to(theta.device)) / request.gamma
-
-        return answer(request, context, attack, adversary.seed, role.partition_id,
-                      flipped=flipped if adversary.attack == "lf" else None).reply_to(msg)
+    def _flipped(self, msg: Message, request: AttackRequest, context: Context) -> dict[str, Tensor]:
+        """The model the wrapped app's train handler sends from the round's global model on transformed labels."""
+        assert self.label_transform is not None
+        with flipping(self.label_transform) as used:
+            reply = self.app(retyped(msg, request.instruction(), MessageType.TRAIN), context)
+        if reply.has_error():
+            raise RuntimeError(f"your train handler failed on flipped labels: {reply.error.reason}")
+        if not used[1]:
+            raise ValueError("LF: your train handler never called flwr_byz.flower.labels(y), so its labels "
+                             "were not flipped: pass your training labels through it")
+        return next(iter(reply.content.array_records.values())).to_torch_state_dict()
 
     def _score(self, msg: Message, context: Context) -> Message:
-        """Every scalar metric of the user's evaluate handler on each candidate model of a :class:`ScoreRequest`."""
+        """Every scalar metric of the wrapped app's evaluate handler on each candidate model of a
+        :class:`ScoreRequest`."""
+        adversary, role = self._run(context)
+        if role.byzantine:
+            raise Refused(f"node of partition {role.partition_id} is Byzantine: only honest nodes score")
+        if not (adversary.attacking and ATTACKS[adversary.attack].needs_loss):
+            raise Refused(f"the run's attack {adversary.attack!r} scores no candidate models")
         request = ScoreRequest.from_message(msg)
+        if len(request.candidates) > MAX_SCORE_CANDIDATES:
+            raise Refused(f"{len(request.candidates)} candidate models in one score request, at most "
+                          f"{MAX_SCORE_CANDIDATES} are evaluated")
         base = request.model.to_torch_state_dict()
         layout = FlatLayout.of(base)
         scores: dict[str, list[float]] = {}
@@ -182,11 +191,14 @@ def scalars(reply: Message) -> dict[str, float]:
             if isinstance(value, (int, float))}
 
 
-def byzantine(app: ClientApp, label_transform: Callable[[Tensor], Tensor] | None = None) -> ByzantineClientApp:
+def byzantine(app: ClientApp, label_transform: Callable[[Tensor], Tensor] | None = None,
+              oracle: LocalOracle | None = None) -> ByzantineClientApp:
     """Your ClientApp, able to play a Byzantine node: ``app = byzantine(app)`` at the end of ``client_app.py``.
 
-    Run config keys (declare them in your pyproject, or let ``flwr-byz audit`` do it): ``attack``
-    (a name of :data:`flwr_byz.attacks.ATTACKS`, default ``none``), ``attack-params``, ``num-byzantine``
-    (the last partition ids, default 0) and ``seed``. Pass ``label_transform`` to allow LF.
+    Run config keys (declare them in your pyproject, or let ``flwr-byz audit`` do it; the schema is
+    :class:`flwr_byz.settings.Adversary`): ``attack`` (a name of :data:`flwr_byz.attacks.ATTACKS`, default
+    ``none``), ``attack-params``, ``num-byzantine`` (the last partition ids, default 0: the adversary protocol is
+    off) and ``seed``. Pass ``label_transform`` to allow LF; ``oracle`` lets Byzantine nodes score JUMP on data
+    they hold.
     """
-    return ByzantineClientApp(app, label_transform)
+    return ByzantineClientApp(app, label_transform, oracle)

@@ -1,33 +1,23 @@
-"""What a simulated node knows: its role, its data, its device."""
+"""What a simulated node knows: its role and its device."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-
 import torch
 from flwr.app import Context
-from torch import Tensor
-
-from flwr_byz.settings import RunSettings
-from flwr_byz.tasks import Task
-from flwr_byz.tasks.nodes import honest_partitions
 
 
 @dataclass(frozen=True)
 class Role:
     """Node ``partition_id`` of ``n``: the last ``f`` ids are Byzantine, the others honest.
 
-    Honest node ``i`` holds honest partition ``i`` of ``h = n - f``.
+    Honest node ``i`` holds honest partition ``i`` of ``h = n - f``; Byzantine node ``h + j`` a copy of honest
+    partition ``j mod h`` (:attr:`data_partition`: the data it trains on for LF).
     """
 
     partition_id: int
     n: int
     f: int
-
-    @classmethod
-    def of(cls, context: Context, settings: RunSettings) -> Role:
-        return cls.at(context, settings.num_byzantine)
 
     @classmethod
     def at(cls, context: Context, f: int) -> Role:
@@ -50,15 +40,12 @@ class Role:
     def byzantine(self) -> bool:
         return self.partition_id >= self.h
 
+    @property
+    def data_partition(self) -> int:
+        """The honest partition whose data this node holds."""
+        return self.partition_id if not self.byzantine else (self.partition_id - self.h) % self.h
+
 
 def device() -> torch.device:
     """CUDA when the simulation backend gave this worker a GPU, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@lru_cache(maxsize=32)
-def local_data(settings: RunSettings, index: int, num_honest: int) -> tuple[Task, Tensor, Tensor]:
-    """Task and training data of honest partition ``index`` on this worker's device."""
-    task, x, y, parts = honest_partitions(settings, num_honest)
-    idx = torch.as_tensor(parts[index])
-    return task, x[idx].to(device()), y[idx].to(device())

@@ -1,5 +1,5 @@
 """JUMP's honest loss from the honest nodes' own evaluate handlers (a user's app wrapped with
-``flwr_byz.flower.attacker``): the oracle when the adversary has the user's code, not their data."""
+``flwr_byz.flower.byzantine``): the oracle when the adversary has the user's code, not their data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from torch import Tensor
 
-from flwr_byz.flower.protocol import ScoreReply, ScoreRequest
+from flwr_byz.flower.protocol import MAX_SCORE_CANDIDATES, ScoreReply, ScoreRequest
 
 
 class EvaluateOracle:
@@ -30,6 +30,10 @@ class EvaluateOracle:
         self.calls, self.seconds = 0, 0.0
 
     def __call__(self, flat: Tensor) -> Tensor:
+        """``L_H`` of each row of ``flat (k, d)``, in requests of at most ``MAX_SCORE_CANDIDATES`` models."""
+        return torch.cat([self._score(chunk) for chunk in flat.split(MAX_SCORE_CANDIDATES)])
+
+    def _score(self, flat: Tensor) -> Tensor:
         start = time.perf_counter()
         request = ScoreRequest(self.model, flat, self.config, self.names)
         replies = {r.metadata.src_node_id: r

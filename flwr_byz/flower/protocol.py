@@ -12,7 +12,7 @@ written once. Three exchanges:
   model to ``echo``: they send the same vector without repeating the search.
 
 * Score (``evaluate.score``, only to honest nodes, only for JUMP on an app whose nodes cannot score
-  candidates themselves: a user's app wrapped with :func:`flwr_byz.flower.attacker`): a
+  candidates themselves: a user's app wrapped with :func:`flwr_byz.flower.byzantine`): a
   :class:`ScoreRequest` carries ``k`` candidate models; the node runs its own evaluate handler
   on each and answers a :class:`ScoreReply` (each metric of that handler, one value per candidate).
 
@@ -36,6 +36,9 @@ ROLE_TYPE = f"{MessageType.QUERY}.{ROLE_ACTION}"
 ATTACK_TYPE = f"{MessageType.TRAIN}.{ATTACK_ACTION}"
 SCORE_TYPE = f"{MessageType.EVALUATE}.{SCORE_ACTION}"
 LOCAL_ORACLE, HONEST_ORACLE = "local", "honest-nodes"
+REFUSED = "flwr-byz refused"  # starts the error reason of an adversary request a node does not answer
+OFF = "the adversary protocol is off"  # ... because the run has no Byzantine node
+MAX_SCORE_CANDIDATES = 256  # candidate models one score request may carry
 
 ROLE_RECORD = "role"
 MODEL_RECORD = "model"
@@ -72,19 +75,22 @@ class NodeRole:
         return Message(RecordDict({ROLE_RECORD: record}), reply_to=msg)
 
     @classmethod
-    def from_reply(cls, reply: Message) -> NodeRole:
+    def from_reply(cls, reply: Message) -> NodeRole | None:
+        """The node's role; ``None`` if it refused because the run has no Byzantine node (an honest run)."""
         node = reply.metadata.src_node_id
+        if reply.has_error() and REFUSED in reply.error.reason and OFF in reply.error.reason:
+            return None
         if reply.has_error():
             unwrapped = f"No {MessageType.QUERY} function registered" in reply.error.reason
             raise RuntimeError(f"role query failed on node {node}: {reply.error.reason}" + (
                 ". Every node must run a Byzantine-capable ClientApp: flwr_byz's (flwr_byz.flower:app), or yours "
-                "wrapped with `app = flwr_byz.flower.attacker(app)` at the end of your client_app.py"
+                "wrapped with `app = flwr_byz.flower.byzantine(app)` at the end of your client_app.py"
                 if unwrapped else ""))
         record = reply.content.config_records.get(ROLE_RECORD)
         if record is None:
             raise RuntimeError(
                 f"node {node} does not speak the adversary protocol (no {ROLE_RECORD!r} record in its {ROLE_TYPE} "
-                "reply): wrap your ClientApp with `app = flwr_byz.flower.attacker(app)`"
+                "reply): wrap your ClientApp with `app = flwr_byz.flower.byzantine(app)`"
             )
         return cls(bool(record["byzantine"]), int(record["rank"]), bool(record["shared"]), str(record["attack"]),
                    str(record["attack-params"]), str(record["oracle"]))

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from flwr_byz.aggregation import Aggregation, get_aggregator
 from flwr_byz.aggregation.update import robust_update, rule_after
+from flwr_byz.dsgd import buffer_median
 from flwr_byz.flat import FlatLayout
 from flwr_byz.flower.records import to_record, to_tensors
 from flwr_byz.flower.screening import screen_replies
@@ -113,10 +114,7 @@ class RobustStrategy(FedAvg):
         if update.theta is None:
             log(WARNING, "Round %d: keeping the old model: %s", server_round, update.reason)
             return None, summary
-        new = reference | layout.unflatten(update.theta)
-        for key, value in reference.items():  # integer buffers (BatchNorm's num_batches_tracked): the median
-            if not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
-                new[key] = torch.stack([state[key] for _, state in valid]).median(dim=0).values
+        new = reference | layout.unflatten(update.theta) | buffer_median(reference, [state for _, state in valid])
         metrics = self.train_metrics_aggr_fn([reply.content for reply, _ in valid], self.weighted_by_key)
         metrics.update(summary)
         return to_record(new), metrics

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from flwr_byz.attacks import Attack, AttackContext
+from flwr_byz.dsgd import attack_context
 from flwr_byz.settings import RunSettings
 from flwr_byz.engine import Simulation
-from flwr_byz.seeds import seeded_generator
 from flwr_byz.tasks.nodes import honest_loss_oracle
 
 
@@ -34,16 +34,11 @@ class RecordedRound:
     metrics: dict[str, float]
 
 
-def attack_context(settings: RunSettings, state: RecordedRound) -> AttackContext:
+def leader_context(settings: RunSettings, state: RecordedRound) -> AttackContext:
     """The context the run's Byzantine leader builds in round ``state.round``, on the CPU (natural row order)."""
-    h = len(state.honest)
-    full, screen = honest_loss_oracle(settings, h, state.round)
-    return AttackContext(
-        n=h + settings.num_byzantine, f=settings.num_byzantine,
-        aggregator=settings.aggregator().for_round(state.round), lr=state.lr, params=state.params,
-        honest_loss=full, screening_loss=screen,
-        generator=seeded_generator(settings.seed, state.round, h, "attack"),
-    )
+    h, f = len(state.honest), settings.num_byzantine
+    return attack_context(settings.aggregator(), state.round, h + f, f, state.lr, state.params, range(h + f),
+                          settings.seed, h, *honest_loss_oracle(settings, h, state.round))
 
 
 def simulate(settings: RunSettings, nodes: int, attack: Attack | None = None,

@@ -67,7 +67,7 @@ def settings_for(aggregator: str, attack: str, rounds: int = 100) -> RunSettings
         return dataclasses.replace(base, aggregation_f=0)
     if attack.startswith("jump-"):
         tau, _, solver = attack.removeprefix("jump-").partition("-")
-        return dataclasses.replace(base, attack="jump", jump_tau=int(tau), jump_solver=solver or "global")
+        return dataclasses.replace(base, attack="jump", jump_tau=int(tau), attack_params=f"solver={solver}" if solver else "")
     return dataclasses.replace(base, attack=attack)
 
 

@@ -173,3 +173,8 @@ def get_task(name: str, **params: Any) -> Task:
 def prepare(name: str, data_dir: str | os.PathLike[str] | None = None, download: bool = False) -> str:
     """Make the data of task ``name`` available locally; a one-line summary (see ``datasets.prepare``)."""
     return datasets.prepare(get_task(name).dataset, data_dir, download)
+
+
+def flip_labels(y: Tensor, num_classes: int = 10) -> Tensor:
+    """LF's labels (paper, Table 5): ``num_classes - 1 - y``, i.e. ``9 - y`` for the paper's 10-class tasks."""
+    return num_classes - 1 - y
