@@ -3,6 +3,8 @@ and the test app `userapp`, messages delivered by a loopback Grid; `flwr run` ve
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
+from flwr.serverapp.strategy import FedAvg, FedMedian, Krum, MultiKrum
 
 from conftest import ROOT
 from flower_helpers import LoopbackGrid, simulation_contexts
@@ -270,3 +272,114 @@ def test_readme_shows_the_test_apps_two_lines():
                          ("from flwr_byz.flower import byzantine", client),
                          ("from flwr_byz.flower import OmniscientAdversary", server)):
         assert line in source and line in readme
+
+
+class Spy:
+    """A user's ClientApp whose handlers count their calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.app = ClientApp()
+        for register in (self.app.train(), self.app.evaluate()):
+            register(self.handler)
+
+    def handler(self, msg, context):
+        self.calls += 1
+        return Message(RecordDict({"arrays": msg.content["arrays"],
+                                   "metrics": MetricRecord({"num-examples": 1, "loss": 0.5})}), reply_to=msg)
+
+
+def score_request(node: int, k: int) -> Message:
+    from flwr_byz.flower.protocol import ScoreRequest
+
+    msg = ScoreRequest(global_model(), torch.zeros(k, sum(a.numpy().size for a in global_model().values())),
+                       ConfigRecord()).to_message(node)
+    msg.metadata.__dict__["_message_id"] = f"score-{node}"
+    return msg
+
+
+def attack_request(node: int) -> Message:
+    from flwr_byz.flower.protocol import AttackRequest
+
+    arrays = global_model()
+    d = sum(a.numpy().size for a in arrays.values())
+    msg = AttackRequest(1, GAMMA, 1.0, "mean", 0, {}, N, 1, list(range(N)), arrays,
+                        honest=torch.zeros(N - 1, d)).to_message(node)
+    msg.metadata.__dict__["_message_id"] = f"attack-{node}"
+    return msg
+
+
+@pytest.mark.parametrize("run_config, message, node, why", [
+    (config(), role_query(1), 1, r"num-byzantine = 0\): the adversary protocol is off"),
+    (config(), attack_request(5), 5, "the adversary protocol is off"),
+    (config(), score_request(1, 2), 1, "the adversary protocol is off"),
+    (config(attack="sf", **{"num-byzantine": 1}), attack_request(1), 1, "partition 0 is honest: it computes no attack"),
+    (config(**{"num-byzantine": 1}), attack_request(5), 5, "the run's attack is none: its Byzantine nodes stay silent"),
+    (config(attack="sf", **{"num-byzantine": 1}), score_request(1, 2), 1, "attack 'sf' scores no candidate models"),
+    (config(attack="jump", **{"num-byzantine": 1}), score_request(5, 2), 5, "partition 4 is Byzantine: only honest"),
+    (config(attack="jump", **{"num-byzantine": 1}), score_request(1, 257), 1, "257 candidate models in one score "
+                                                                              "request, at most 256"),
+])
+def test_adversary_requests_are_refused_outside_attacked_runs_without_calling_the_users_code(run_config, message,
+                                                                                             node, why):
+    """Safe to leave in an app: a request the run config does not call for gets an error reply naming why, and the
+    user's handlers never run for it."""
+    spy = Spy()
+    (reply,) = LoopbackGrid(byzantine(spy.app), simulation_contexts(run_config, N)).send_and_receive([message])
+    assert reply.has_error() and "flwr-byz refused" in reply.error.reason
+    assert re.search(why, reply.error.reason), reply.error.reason
+    assert spy.calls == 0
+
+
+def test_an_honest_run_aggregates_in_an_order_that_does_not_depend_on_node_ids():
+    """Roles are refused in an honest run, so the hook orders replies by their content: two runs whose nodes got
+    other ids (as Flower draws them anew) aggregate bit for bit the same model, and no node is Byzantine."""
+    results = []
+    for ids in ([1, 2, 3, 4, 5], [40, 7, 23, 11, 5]):
+        contexts = {new: context for new, context in zip(ids, simulation_contexts(config(), N).values())}
+        for new, context in contexts.items():
+            context.node_id = new
+        grid = LoopbackGrid(user.app, contexts)
+        adversary = OmniscientAdversary(everyone(), seed=1)
+        messages = adversary.configure_train(1, global_model(), ConfigRecord({"lr": GAMMA}), grid)
+        new_model, _ = adversary.aggregate_train(1, grid.send_and_receive(messages))
+        assert adversary.byzantine == set() and set(adversary.roles.values()) == {None}
+        results.append([a.numpy().tobytes() for a in new_model.values()])
+    assert results[0] == results[1]
+
+
+def unequal_app() -> ClientApp:
+    """The test app whose train replies weigh 10 (pid + 1)^2 examples: unequal partitions as Flower sees them."""
+    def unequal(msg, context, call):
+        reply = call(msg, context)
+        if msg.metadata.message_type == "train" and not reply.has_error():
+            reply.content["metrics"]["num-examples"] = 10 * (int(context.node_config["partition-id"]) + 1) ** 2
+        return reply
+
+    inner = ClientApp(mods=[unequal])
+    inner.train()(user.train_fn)
+    inner.evaluate()(user.evaluate_fn)
+    return byzantine(inner)
+
+
+@pytest.mark.parametrize("strategy", [everyone(FedAvg), everyone(MultiKrum, num_malicious_nodes=1,
+                                                                  num_nodes_to_select=2)])
+def test_jumps_predicted_loss_is_the_loss_of_the_model_a_weighted_strategy_builds(strategy):
+    """FedAvg and MultiKrum weigh replies by num-examples: the rule JUMP optimises against carries the replies'
+    weights (the Byzantine ones: the honest mean's camouflage), so the loss it predicts is the loss of the model
+    the strategy actually produced, on unequal partitions. (MultiKrum selects 2 of 5 here, where no two Krum scores
+    nearly tie: Flower scores models through a float32 Gram matrix, flwr_byz pseudo-gradients in float64.)"""
+    run = config(attack="jump", **{"num-byzantine": 1, "attack-params": "lam_max=20, lam_cap=20"})  # a finite loss
+    grid = LoopbackGrid(unequal_app(), simulation_contexts(run, N))
+    adversary = OmniscientAdversary(strategy, seed=1)
+    messages = adversary.configure_train(1, global_model(), ConfigRecord({"lr": GAMMA}), grid)
+    new, metrics = adversary.aggregate_train(1, grid.send_and_receive(messages))
+    model = Net()
+    model.load_state_dict(new.to_torch_state_dict())
+    losses, weights = [], []
+    for pid in range(N - 1):
+        _, val = load_data(pid, N, 600, 32, 0)
+        losses.append(user_test(model, val)[0])
+        weights.append(len(val.dataset))
+    assert math.isfinite(metrics["jump-loss"])
+    assert metrics["jump-loss"] == pytest.approx(np.average(losses, weights=weights), rel=1e-6)  # float32 sums

@@ -12,7 +12,7 @@ from flwr_byz.aggregation.centered_clipping import CenteredClipping
 from flwr_byz.aggregation.clipping import StaticClipping
 from flwr_byz.aggregation.geometric_median import GeometricMedian
 from flwr_byz.aggregation.krum import Krum, MultiKrum
-from flwr_byz.aggregation.mean import Mean
+from flwr_byz.aggregation.mean import Mean, Weighted
 from flwr_byz.aggregation.median import CoordinateMedian
 from flwr_byz.aggregation.nnm import NearestNeighborMixing
 from flwr_byz.aggregation.pipeline import PRE_AGGREGATORS, RULES, Aggregation, get_aggregator
@@ -35,6 +35,7 @@ __all__ = [
     "Rule",
     "StaticClipping",
     "TrimmedMean",
+    "Weighted",
     "get_aggregator",
     "pairwise_sq_distances",
 ]

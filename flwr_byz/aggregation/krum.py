@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from flwr_byz.aggregation.base import Rule, distinct_ties, pairwise_sq_distances, sort_by, tie_order
+from flwr_byz.aggregation.mean import Weighted, reply_weights, weighted_mean
 
 NEIGHBORS = ("n-f-2", "n-f-1")
 
@@ -103,16 +106,27 @@ class Krum(Rule):
         return f"{type(self).__name__}(f={self.f}, neighbors={self.neighbors!r})"
 
 
-class MultiKrum(Krum):
-    """Average of the ``select`` vectors with the lowest Krum scores (default ``n - f``)."""
+class MultiKrum(Weighted, Krum):
+    """Average of the ``select`` vectors with the lowest Krum scores (default ``n - f``).
+
+    With ``weights`` ``w`` (Flower's ``MultiKrum``, ``w_i`` the ``num-examples`` of reply ``i``) the
+    selection is unchanged (Krum scores ignore the weights) and the selected set ``S`` is averaged
+    with its weights: ``F(x_1..x_n) = sum_{i in S} w_i x_i / sum_{i in S} w_i``, computed as
+    ``sum_{i in S} p_i x_i`` with ``p_i = w_i / sum_{j in S} w_j``, as Flower's ``aggregate_arrayrecords``
+    does on the selected replies. The weights of the selected rows must have a positive sum
+    (``ValueError`` otherwise; Flower divides by zero). ``weights=None`` is the plain average, bit for bit.
+    Flower's ``Krum`` selects one reply, whose weight cancels: it is :class:`Krum`, unweighted.
+    """
 
     name = "multikrum"
 
-    def __init__(self, f: int, neighbors: str | int = "n-f-2", select: int | None = None) -> None:
+    def __init__(self, f: int, neighbors: str | int = "n-f-2", select: int | None = None,
+                 weights: Sequence[float] | Tensor | None = None) -> None:
         super().__init__(f, neighbors)
         if select is not None and (isinstance(select, bool) or not isinstance(select, int) or select < 1):
             raise ValueError(f"MultiKrum select must be a positive int or None, got {select!r}")
         self.select = select
+        self.weights = reply_weights(weights, self.name)
 
     def min_n(self) -> int:
         return max(super().min_n(), self.select or 1)
@@ -121,4 +135,17 @@ class MultiKrum(Krum):
         n = x.shape[-2]
         m = self.select or n - self.f
         best = self.order(x)[..., :m]
-        return x.gather(-2, best.unsqueeze(-1).expand(-1, -1, x.shape[-1])).mean(dim=-2)
+        selected = x.gather(-2, best.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        if self.weights is None:
+            return selected.mean(dim=-2)
+        w = self._weights(n, x.device)[best]  # (k, m): the weights of the selected rows
+        empty = (w.sum(dim=-1) <= 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"MULTIKRUM selected rows whose weights sum to 0 (rows {best[empty[0]].tolist()} of problem "
+                f"{empty[0]}, weights {self.weights.tolist()}): their weighted average is undefined"
+            )
+        return weighted_mean(selected, w)
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}{self._weights_repr()})"

@@ -14,7 +14,7 @@ from flwr_byz.aggregation.centered_clipping import CenteredClipping
 from flwr_byz.aggregation.clipping import StaticClipping
 from flwr_byz.aggregation.geometric_median import GeometricMedian
 from flwr_byz.aggregation.krum import Krum, MultiKrum
-from flwr_byz.aggregation.mean import Mean
+from flwr_byz.aggregation.mean import Mean, Weighted
 from flwr_byz.aggregation.median import CoordinateMedian
 from flwr_byz.aggregation.nnm import NearestNeighborMixing
 from flwr_byz.aggregation.trimmed_mean import TrimmedMean
@@ -26,15 +26,32 @@ RULES: dict[str, type[Rule]] = {
 PRE_AGGREGATORS: dict[str, type[PreAggregator]] = {
     cls.name: cls for cls in (NearestNeighborMixing, Bucketing, StaticClipping)
 }
+ROW_PRESERVING: tuple[type[PreAggregator], ...] = (NearestNeighborMixing, StaticClipping)
+"""Pre-aggregators whose output row ``i`` comes from input row ``i`` (same ``n``, same order): the only ones a
+weighted rule may follow, its weight ``w_i`` then weighing output row ``i``."""
 
 
 class Aggregation:
     """Pre-aggregators followed by a rule: ``F = rule o pre_m o ... o pre_1``.
 
     Callable on ``(n, d) -> (d)`` and ``(k, n, d) -> (k, d)``; never mutates its input.
+
+    A weighted rule (``mean`` or ``multikrum`` built with ``weights``, see :class:`Weighted`) weighs
+    the rows it receives; Flower's weighted strategies have no pre-aggregation. So weights are
+    only allowed after row-preserving pre-aggregators (:data:`ROW_PRESERVING`: NNM, clipping), where
+    ``w_i`` weighs the pre-aggregated row ``i`` (e.g. ``"nnm+mean"``: ``sum_i w_i y_i / sum_i w_i``, ``y_i``
+    the NNM mix of row ``i``); bucketing, which regroups and reorders the rows, raises ``ValueError``.
     """
 
     def __init__(self, spec: str, pre: list[PreAggregator], rule: Rule) -> None:
+        if isinstance(rule, Weighted) and rule.weights is not None:
+            moved = [stage.name for stage in pre if not isinstance(stage, ROW_PRESERVING)]
+            if moved:
+                raise ValueError(
+                    f"{spec!r}: {rule.name.upper()} weights weigh the rows it receives, but "
+                    f"{', '.join(name.upper() for name in moved)} changes their number and order; weights are "
+                    f"allowed only after {', '.join(cls.name for cls in ROW_PRESERVING)} (or no pre-aggregator)"
+                )
         self.spec, self.pre, self.rule, self.f = spec, pre, rule, rule.f
 
     def for_round(self, t: int) -> Aggregation:
@@ -42,9 +59,12 @@ class Aggregation:
         return Aggregation(self.spec, [stage.for_round(t) for stage in self.pre], self.rule.for_round(t))
 
     def check(self, n: int) -> None:
-        """Raise ``ValueError`` if the pipeline cannot aggregate ``n`` vectors with its ``f``."""
+        """Raise ``ValueError`` if the pipeline cannot aggregate ``n`` vectors with its ``f`` (or a weighted rule
+        does not hold ``n`` weights)."""
         stage, received = self._first_short_stage(n)
         if stage is None:
+            if isinstance(self.rule, Weighted):  # the rule receives n rows: its pre-aggregators preserve them
+                self.rule.check_weights(n)
             return
         if not self.pre:
             stage.check(received)
@@ -92,6 +112,14 @@ def get_aggregator(spec: str, f: int, n: int | None = None, **params: Any) -> Ag
     pre-aggregators (``nnm, bucketing, clipping``) joined with ``+``, e.g. ``"nnm+gm"``.
     Each keyword in ``params`` goes to every stage that accepts it (``nu`` to GM,
     ``s`` to bucketing, ...). If ``n`` is given, the preconditions are checked now.
+
+    ``weights`` (``mean`` and ``multikrum`` only; ``None``: equal weights, the plain rule) are
+    per-row weights as Flower's FedAvg and MultiKrum apply them (their ``weighted_by_key``,
+    ``num-examples`` by default): ``get_aggregator("mean", 0, weights=w)`` is
+    ``sum_i w_i x_i / sum_i w_i``; ``get_aggregator("multikrum", f, select=m, weights=w)`` selects
+    by Krum scores as before and averages the selected rows with their ``w``. One finite
+    non-negative weight per row, in the order of the rows the rule is called on (the same for
+    every problem of a batch); see :class:`Aggregation` for pre-aggregators.
     """
     names = [part.strip().lower() for part in str(spec).split("+")]
     *pre_names, rule_name = names

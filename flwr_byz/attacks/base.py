@@ -38,7 +38,8 @@ class AttackContext:
         flipped: the honest pipeline's vector on flipped labels ``9 - y`` (LF).
         generator: randomness for stochastic attacks (Gaussian, Mimic's start).
         order: ``(n,)`` row order in which the defence sees the stack ``[honest, Byzantine x f]``
-            (``None``: that order); matters only to order-dependent rules (bucketing).
+            (``None``: that order); matters to order-dependent rules (bucketing) and weighted ones (``weights``
+            follow the rows the rule receives).
     """
 
     n: int

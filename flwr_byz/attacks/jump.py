@@ -80,7 +80,7 @@ class JumpObjective:
             raise ValueError(f"jump: ctx.params has shape {tuple(params.shape)}, expected ({honest.shape[1]},)")
         self.aggregator, self.params, self.loss, self.screen = aggregator, params, loss, ctx.screening_loss
         self.honest, self.gbar, self.f, self.lr, self.order = honest, honest.mean(0), ctx.f, ctx.lr, ctx.order
-        self.span = span_aggregation(aggregator, honest, ctx.f)
+        self.span = span_aggregation(aggregator, honest, ctx.f, ctx.order)
         self.breakpoints = self.span.breakpoints() if self.span is not None else None
         rows = 2 if self.span is not None else ctx.n  # (k, rows, d) entries per call: aggregates and their update
         self.chunk = max(1, max_batch_elems // (rows * honest.shape[1]))

@@ -24,6 +24,11 @@ linear isometry of ``R^p`` into ``R^d``.
   by the Batcher selection network of the ranks needed (``O(h log^2 h)`` elementwise
   min/max, several times faster than ``torch.sort`` along a short axis), block by block
   of coordinates so that the ``h`` lifted rows stay in cache.
+* Weighted rules (Mean and MultiKrum with reply ``weights``, Flower's FedAvg and MultiKrum) are
+  span rules too (a fixed or distance-chosen linear combination), but their weights follow the
+  rows in the defence's order: their coordinate stack is permuted by the attack's ``order``
+  first, exactly as the generic path permutes the ``(k, n, d)`` stack. Unweighted rules are
+  permutation invariant and skip that step.
 * Jumps: NNM's neighbour sets change at finitely many lambdas, roots of quadratics in
   the coordinates (``SpanAggregation.breakpoints``); between them Mean, GM, CM and TM
   after NNM are continuous in lambda, which JUMP's search uses to land on a jump.
@@ -47,6 +52,7 @@ from flwr_byz.aggregation import (
     NearestNeighborMixing,
     StaticClipping,
     TrimmedMean,
+    Weighted,
 )
 from flwr_byz.aggregation.nnm import nearest_neighbours
 from flwr_byz.aggregation.sorting import FUSE_MIN_NUMEL, order_statistics
@@ -83,9 +89,13 @@ def orthonormal_span(honest: Tensor) -> tuple[Tensor, Tensor]:
     return q.T, r.T
 
 
-def span_aggregation(aggregator: object, honest: Tensor, f: int) -> Callable[[Tensor], Tensor] | None:
+def span_aggregation(aggregator: object, honest: Tensor, f: int,
+                     order: Tensor | None = None) -> Callable[[Tensor], Tensor] | None:
     """``lams (k,) -> F(X(lambda)) (k, d)`` computed in the honest span, or ``None`` if ``aggregator``
-    is not an ``Aggregation`` of span pre-aggregators and a span or coordinate-wise rule (or ``f = 0``)."""
+    is not an ``Aggregation`` of span pre-aggregators and a span or coordinate-wise rule (or ``f = 0``).
+
+    ``order`` (``AttackContext.order``: the defence sees row ``order[j]`` of ``[honest, copies]`` as its
+    row ``j``; ``None``: that order) matters only to a weighted rule, whose weights are in the defence's order."""
     if not isinstance(aggregator, Aggregation) or f < 1:
         return None
     rule = aggregator.rule
@@ -94,21 +104,25 @@ def span_aggregation(aggregator: object, honest: Tensor, f: int) -> Callable[[Te
     if type(rule) not in SPAN_RULES + COORDINATE_RULES or (type(rule) is GeometricMedian and rule.start == "median"):
         return None
     aggregator.check(len(honest) + f)
-    return SpanAggregation(aggregator, honest, f)
+    return SpanAggregation(aggregator, honest, f, order)
 
 
 class SpanAggregation:
     """The exact candidate aggregates of ``span_aggregation`` (module docstring), in float64 coordinates."""
 
-    def __init__(self, aggregation: Aggregation, honest: Tensor, f: int) -> None:
+    def __init__(self, aggregation: Aggregation, honest: Tensor, f: int, order: Tensor | None = None) -> None:
         basis, self.coords = orthonormal_span(honest)
         self.aggregation, self.f = aggregation, f
+        weighted = isinstance(aggregation.rule, Weighted) and aggregation.rule.weights is not None
+        self.order = order.to(self.coords.device) if weighted and order is not None else None
         self.basis = basis.to(honest.dtype)  # (p, d) in the honest dtype; coords (h, p) in float64
 
     def __call__(self, lams: Tensor) -> Tensor:
         (h, p), k = self.coords.shape, len(lams)
         copies = (lams.double()[:, None] * self.coords.mean(0)).unsqueeze(1).expand(k, self.f, p)
         x = torch.cat([self.coords.expand(k, h, p), copies], dim=1)
+        if self.order is not None:  # a weighted rule: its weights are in the defence's row order
+            x = x[:, self.order]
         if type(self.aggregation.rule) in SPAN_RULES:
             return self._lift(self.aggregation(x))
         for stage in self.aggregation.pre:

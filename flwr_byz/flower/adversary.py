@@ -209,9 +209,15 @@ class OmniscientAdversary(Strategy):
         nodes = self._byzantine_nodes
         n = len(honest) + len(nodes)
         rule = self.defended or defended_rule(self.strategy, n)
+        camouflage = _mean_metrics(honest)
+        params = dict(rule.params)
+        if rule.weighted:  # the replies' weights, in the order the defence sees the rows
+            stack = [float(next(iter(r.content.metric_records.values()))[self.weight_key]) for r in honest]
+            stack += [float(camouflage[self.weight_key])] * len(nodes)  # type: ignore[arg-type]
+            params["weights"] = [stack[row] for row in order]
         request = AttackRequest(
             server_round=server_round, gamma=gamma, server_lr=rule.server_lr, aggregation=rule.spec,
-            aggregation_f=rule.f, aggregation_params=rule.params, num_nodes=n, num_attackers=len(nodes),
+            aggregation_f=rule.f, aggregation_params=params, num_nodes=n, num_attackers=len(nodes),
             order=order, model=global_arrays, honest=gradients, train_config=config, names=self._names(),
         )
         assert self.roles is not None
@@ -227,7 +233,6 @@ class OmniscientAdversary(Strategy):
                 echo = dataclasses.replace(request, honest=None, echo=answered[0][1].model)
                 answered += self._exchange([echo.to_message(node) for node in nodes[1:]])
             metrics = answered[0][1].metrics
-        camouflage = _mean_metrics(honest)
         return [disguise(reply, answer, honest[0], camouflage) for reply, answer in answered], metrics
 
     def _attack_here(self, request: AttackRequest, honest_nodes: list[int]) -> tuple[AttackReply, dict[str, float]]:

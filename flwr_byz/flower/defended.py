@@ -13,20 +13,24 @@ from flwr_byz.flower.robust import RobustStrategy
 
 @dataclass(frozen=True)
 class DefendedRule:
-    """What the adversary knows of the defence: ``get_aggregator(spec, f, **params)`` and ``server_lr``."""
+    """What the adversary knows of the defence: ``get_aggregator(spec, f, **params)`` and ``server_lr``;
+    ``weighted``: the rule weighs each reply by its ``weighted_by_key`` metric (Flower's FedAvg and MultiKrum), so
+    the adversary passes the round's reply weights as the rule's ``weights``, in the order the defence sees them."""
 
     spec: str
     f: int
     params: dict[str, Any] = field(default_factory=dict)
     server_lr: float = 1.0
+    weighted: bool = False
 
 
 def defended_rule(strategy: Strategy, n: int) -> DefendedRule:
     """The flwr_byz rule equivalent to ``strategy`` aggregating ``n`` replies.
 
-    FedAvg = mean, FedMedian = CM, FedTrimmedAvg(beta) = TM trimming ``floor(beta n)``,
-    Krum / MultiKrum = original Krum (n - f - 2 neighbours) / MultiKrum, Bulyan with its default
-    MultiKrum selection = Bulyan(selection="multikrum").
+    FedAvg = the mean weighted by ``num-examples``, FedMedian = CM, FedTrimmedAvg(beta) = TM trimming
+    ``floor(beta n)``, Krum = original Krum (n - f - 2 neighbours; one selected reply: its weight cancels),
+    MultiKrum = MultiKrum averaging its selection weighted by ``num-examples``, Bulyan with its default
+    MultiKrum selection = Bulyan(selection="multikrum") (unweighted, as Flower's).
     """
     if isinstance(strategy, RobustStrategy):
         return DefendedRule(strategy.aggregator.spec, strategy.f, strategy.aggregation_params, strategy.server_lr)
@@ -37,11 +41,12 @@ def defended_rule(strategy: Strategy, n: int) -> DefendedRule:
     if isinstance(strategy, Krum):
         return DefendedRule("krum", strategy.num_malicious_nodes)
     if isinstance(strategy, MultiKrum):
-        return DefendedRule("multikrum", strategy.num_malicious_nodes, {"select": strategy.num_nodes_to_select})
+        return DefendedRule("multikrum", strategy.num_malicious_nodes, {"select": strategy.num_nodes_to_select},
+                            weighted=True)
     if isinstance(strategy, Bulyan) and strategy.selection_rule is select_multikrum:
         return DefendedRule("bulyan", strategy.num_malicious_nodes, {"selection": "multikrum"})
     if type(strategy) is FedAvg:
-        return DefendedRule("mean", 0)
+        return DefendedRule("mean", 0, weighted=True)
     raise ValueError(
         f"no known flwr_byz rule for {type(strategy).__name__}: pass "
         f"defended=DefendedRule(spec, f) to OmniscientAdversary"
