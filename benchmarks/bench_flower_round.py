@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flwr_byz.tasks.nodes import honest_partitions
+from flwr_byz.node_data import honest_partitions
 from flwr_byz.settings import RunSettings
 from flwr_byz.runs.launcher import FlowerLauncher
 from flwr_byz.results import read_run, results_path

@@ -46,7 +46,7 @@ from flwr_byz.attacks import get_attack, span
 from flwr_byz.aggregation import sorting
 from flwr_byz.attacks.jump import fingerprint
 from flwr_byz.attacks.span import orthonormal_span, span_aggregation
-from flwr_byz.tasks.nodes import honest_partitions
+from flwr_byz.node_data import honest_partitions
 from flwr_byz.settings import RunSettings
 from flwr_byz.studies.replay import RecordedRound, leader_context, simulate
 from flwr_byz.flat import FlatLayout

@@ -18,7 +18,7 @@ from flwr_byz.studies.replay import leader_context, simulate
 from flwr_byz.results import read_run
 from flwr_byz.flat import FlatLayout
 from flwr_byz.tasks import get_task, worker_step
-from flwr_byz.tasks.nodes import honest_partitions
+from flwr_byz.node_data import honest_partitions
 
 SETTINGS = RunSettings(task="mnist-logreg", aggregation="nnm+cm", num_byzantine=1, attack="sf", rounds=3, seed=3)
 TOY = RunSettings(task="toy2d", aggregation="cm", num_byzantine=1, attack="jump", rounds=12, eval_every=4)

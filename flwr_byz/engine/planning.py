@@ -41,7 +41,7 @@ from flwr_byz.dsgd import reply_order
 from flwr_byz.settings import RunSettings, parse_params
 from flwr_byz.flat import FlatLayout
 from flwr_byz.tasks import get_task
-from flwr_byz.tasks.nodes import honest_loss_oracle
+from flwr_byz.node_data import honest_loss_oracle
 from flwr_byz.engine.honest import batchable
 from flwr_byz.engine.simulation import Round, Simulation
 

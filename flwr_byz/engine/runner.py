@@ -13,7 +13,7 @@ import torch
 
 from flwr_byz.settings import RunSettings
 from flwr_byz.results import RunLog, results_path, same_run
-from flwr_byz.tasks.nodes import evaluated, test_set
+from flwr_byz.node_data import evaluated, test_set
 from flwr_byz.engine.planning import planner
 from flwr_byz.engine.simulation import Simulation
 

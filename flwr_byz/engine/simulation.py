@@ -34,7 +34,7 @@ from flwr_byz.dsgd import attack_context, attack_rows, buffer_median, pseudo_gra
 from flwr_byz.settings import RunSettings
 from flwr_byz.flat import FlatLayout
 from flwr_byz.tasks import flip_labels, stepped, worker_step
-from flwr_byz.tasks.nodes import honest_loss_oracle, honest_partitions
+from flwr_byz.node_data import honest_loss_oracle, honest_partitions
 from flwr_byz.engine.honest import HonestReplies, HonestWorkers
 
 logger = logging.getLogger("flwr_byz.engine")

@@ -13,7 +13,7 @@ from flwr_byz.flower.nodes import Role, device
 from flwr_byz.flower.paper.honest import app as honest_app
 from flwr_byz.settings import RunSettings
 from flwr_byz.tasks import flip_labels
-from flwr_byz.tasks.nodes import honest_loss_oracle
+from flwr_byz.node_data import honest_loss_oracle
 
 
 def local_oracle(context: Context, server_round: int) -> tuple[HonestLoss, HonestLoss | None]:

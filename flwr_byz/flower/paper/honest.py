@@ -15,7 +15,7 @@ from flwr_byz.flower.nodes import Role, device
 from flwr_byz.flower.records import instruction, load_state, save_state, to_record
 from flwr_byz.settings import RunSettings
 from flwr_byz.tasks import Task, stepped, worker_step
-from flwr_byz.tasks.nodes import honest_partitions
+from flwr_byz.node_data import honest_partitions
 
 app = ClientApp()
 

@@ -14,7 +14,7 @@ from flwr_byz.settings import RunSettings
 from flwr_byz.results import RunLog
 from flwr_byz.flower import OmniscientAdversary, RobustStrategy
 from flwr_byz.tasks import Task, get_task
-from flwr_byz.tasks.nodes import evaluated, test_set
+from flwr_byz.node_data import evaluated, test_set
 
 app = ServerApp()
 

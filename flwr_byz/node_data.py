@@ -4,18 +4,15 @@ the honest partitions of a run, the test set it is evaluated on and JUMP's hones
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from flwr_byz.attacks.base import HonestLoss
+from flwr_byz.settings import RunSettings
 from flwr_byz.tasks.honest_loss import honest_losses
 from flwr_byz.tasks.partition import partition
 from flwr_byz.tasks.task import Task, get_task
-
-if TYPE_CHECKING:
-    from flwr_byz.settings import RunSettings
 
 
 @lru_cache(maxsize=4)
