@@ -1,17 +1,16 @@
-"""flwr_byz's ClientApp handlers, with an SF attack that raises: a Byzantine node that fails must fail the run.
+"""The paper app's ClientApp with an SF attack that raises: a Byzantine node that fails must fail the run.
 
-The attack handler is defined here (not re-exported), so every process that runs it imports this
-module, and with it the patched registry.
+The registry is patched when this module is imported. A simulation's workers receive the ClientApp pickled, so
+the app holds a function of this module (its label transform): unpickling it imports this module, and the patch
+with it, in every process that runs the app.
 """
-
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
 
 from flwr_byz.attacks import ATTACKS
 from flwr_byz.attacks.closed_form import SignFlip
-from flwr_byz.flower.paper.client_app import attack as flwr_byz_attack
-from flwr_byz.flower.paper.client_app import role, train
-from flwr_byz.flower.protocol import ATTACK_ACTION, ROLE_ACTION
+from flwr_byz.flower import byzantine
+from flwr_byz.flower.paper.client_app import local_oracle
+from flwr_byz.flower.paper.honest import app as honest_app
+from flwr_byz.tasks import flip_labels
 
 
 class ExplodingSignFlip(SignFlip):
@@ -21,11 +20,9 @@ class ExplodingSignFlip(SignFlip):
 
 ATTACKS["sf"] = ExplodingSignFlip
 
-app = ClientApp()
-app.query(ROLE_ACTION)(role)
-app.train()(train)
+
+def flip(y):
+    return flip_labels(y)
 
 
-@app.train(ATTACK_ACTION)
-def attack(msg: Message, context: Context) -> Message:
-    return flwr_byz_attack(msg, context)
+app = byzantine(honest_app, label_transform=flip, oracle=local_oracle)
