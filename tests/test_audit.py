@@ -52,7 +52,7 @@ def test_audit_runs_the_grid_and_the_byzantine_replies_are_the_attacks(tmp_path,
     report, paths, failed = audit.run(["none", "sf", "jump"], None, [1], "accuracy")
     assert failed == []
     text = report.read_text()
-    assert "| f | sf | jump | strongest |" in text and text.count("\n| 1 |") == 1 and text.count("\n| 2 |") == 1
+    assert "| f | none | sf | jump | strongest |" in text and text.count("\n| 1 |") == 1 and text.count("\n| 2 |") == 1
     assert {p.name for p in paths} == {"report.md", "table.csv", "metric-vs-round.png", "metric-vs-f.png"}
     runs = finished_runs(out / "runs")
     assert sorted((s["attack"], s["num-byzantine"]) for s, _, _ in runs) == \
@@ -91,7 +91,7 @@ def test_audit_of_an_app_whose_clientapp_is_not_wrapped_stops_naming_the_fix(tmp
     client = app / "userapp/client_app.py"
     client.write_text(client.read_text().replace("app = byzantine(app, label_transform=lambda y: 9 - y)", ""))
     audit = Audit(app, tmp_path / "audit", nodes=3, rounds=1, run_config=SETTINGS, timeout=300)
-    with pytest.raises(RuntimeError, match=r"(?s)the app failed without attack.*flwr_byz.flower.attacker\(app\)"):
+    with pytest.raises(RuntimeError, match=r"(?s)the app failed without attack.*flwr_byz.flower.byzantine\(app\)"):
         audit.run(["none", "sf"], None, [1], "accuracy")
 
 

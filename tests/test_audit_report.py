@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from flwr_byz.runs.audit_report import audit_table, breakdown_f, final_value, goal_of, markdown, write_report
+from flwr_byz.runs.report import audit_table, breakdown_f, goal_of, markdown, value, write_audit_report
 
 T = 12.706204736174707  # Student-t 0.975 quantile, 1 degree of freedom: half-width of two values a, b = T |a - b| / 2
 
@@ -37,10 +37,11 @@ def test_goal_of_metric_names():
 
 def test_final_value_is_the_last_row_that_has_the_metric():
     rows = RUNS[0][1]
-    assert final_value(rows, "accuracy") == 0.94  # round 4 has accuracy None
-    assert final_value(rows, "loss") == 1 - 0.94
+    assert value(rows, "accuracy") == 0.94  # round 4 has accuracy None
+    assert value(rows, "loss") == 1 - 0.94
+    assert value(rows, "accuracy", "max") == 0.94 and value(RUNS[2][1], "loss", "max") == 1 - 0.1
     with pytest.raises(ValueError, match=r"'f1'.*--metric <one of accuracy, loss>"):
-        final_value(rows, "f1")
+        value(rows, "f1")
 
 
 def test_breakdown_max_goal():
@@ -66,23 +67,33 @@ def test_breakdown_threshold_must_be_in_0_1(threshold):
     assert breakdown_f({1: 0.5}, 0.9, 1.0, "max") == 1
 
 
+def strongest(table):
+    return {r.values[0]: r.strongest for r in table.rows if r.strongest is not None}
+
+
 def test_audit_table():
     table = audit_table(RUNS, "accuracy", "max")
-    assert table.attacks == ["sf", "jump"]  # the paper's order, none excluded
-    assert table.fs == [1, 2, 3]
-    assert table.baseline == pytest.approx((0.95, T * 0.01, 2))
-    assert table.cells[1, "sf"] == pytest.approx(((0.90 + 0.88) / 2, T * abs(0.90 - 0.88) / 2, 2))
-    assert table.cells[2, "jump"] == pytest.approx(((0.40 + 0.44) / 2, T * abs(0.40 - 0.44) / 2, 2))
-    assert table.cells[3, "jump"] == (0.10, 0.0, 1)
-    assert table.strongest == {1: "sf", 2: "jump", 3: "jump"}
+    assert table.attacks == ["none", "sf", "jump"]  # the paper's order
+    assert table.keys == ["num-byzantine"] and [r.values for r in table.rows] == [(0,), (1,), (2,), (3,)]
+    assert set(table.row(0).cells) == {"none"} and table.row(0).strongest is None  # the baseline's row
+    assert table.baseline == pytest.approx((0.95, T * 0.01, 2)) and table.row(0).cells["none"] == table.baseline
+    assert table.row(1).cells["sf"] == pytest.approx(((0.90 + 0.88) / 2, T * abs(0.90 - 0.88) / 2, 2))
+    assert table.row(2).cells["jump"] == pytest.approx(((0.40 + 0.44) / 2, T * abs(0.40 - 0.44) / 2, 2))
+    assert table.row(3).cells["jump"] == (0.10, 0.0, 1)
+    assert strongest(table) == {1: "sf", 2: "jump", 3: "jump"}
     assert table.breakdown == 2  # jump's 0.42 < 0.5 * 0.95
+
+
+def test_none_runs_under_attack_are_left_out_of_the_audit():
+    table = audit_table([*RUNS, run("none", 2, 1, 0.1)], "accuracy", "max")
+    assert set(table.row(2).cells) == {"sf", "jump"} and table.baseline[0] == pytest.approx(0.95)
 
 
 def test_audit_table_min_goal_from_the_metric_name():
     table = audit_table(RUNS, "loss")  # loss = 1 - accuracy: baseline 0.05, limit 0.1
     assert table.goal == "min"
     assert table.baseline[0] == pytest.approx(0.05)
-    assert table.strongest == {1: "sf", 2: "jump", 3: "jump"}  # the highest loss
+    assert strongest(table) == {1: "sf", 2: "jump", 3: "jump"}  # the highest loss
     assert table.breakdown == 1  # sf's 0.11 > 0.05 / 0.5
 
 
@@ -94,26 +105,27 @@ def test_audit_table_needs_a_baseline_and_the_metric():
 
 
 def test_markdown_lines():
-    lines = markdown(audit_table(RUNS, "accuracy", "max"), "accuracy", 0.5).splitlines()
+    lines = markdown(audit_table(RUNS, "accuracy", "max", 0.5)).splitlines()
     assert lines[0] == "Baseline (no attack, f = 0): accuracy = 0.9500 ± 0.1271 (2 seeds); higher is better."
-    assert lines[2] == "| f | sf | jump | strongest |"
-    assert lines[4] == "| 1 | **0.8900 ± 0.1271** | 0.9100 ± 0.0000 | sf |"  # T * 0.01 = 0.12706
-    assert lines[5] == "| 2 | 0.6000 ± 0.0000 | **0.4200 ± 0.2541** | jump |"  # T * 0.02 = 0.25412
-    assert lines[6] == "| 3 | 0.3000 ± 0.0000 | **0.1000 ± –** | jump |"
+    assert lines[2] == "| f | none | sf | jump | strongest |"
+    assert lines[4] == "| 0 | 0.9500 ± 0.1271 | – | – | – |"
+    assert lines[5] == "| 1 | – | **0.8900 ± 0.1271** | 0.9100 ± 0.0000 | sf |"  # T * 0.01 = 0.12706
+    assert lines[6] == "| 2 | – | 0.6000 ± 0.0000 | **0.4200 ± 0.2541** | jump |"  # T * 0.02 = 0.25412
+    assert lines[7] == "| 3 | – | 0.3000 ± 0.0000 | **0.1000 ± –** | jump |"
     assert lines[-1] == ("Breakdown: f = 2 (the first f at which accuracy under the strongest attack falls below "
                          "50% of the no-attack value 0.9500)")
 
 
 def test_markdown_without_breakdown_and_missing_cells():
     runs = [r for r in RUNS if not (r[0]["attack"] == "jump" and r[0]["num-byzantine"] == 3)]
-    lines = markdown(audit_table(runs, "accuracy", "max", threshold=0.25), "accuracy", 0.25).splitlines()
-    assert lines[6] == "| 3 | **0.3000 ± 0.0000** | – | sf |"
+    lines = markdown(audit_table(runs, "accuracy", "max", threshold=0.25)).splitlines()
+    assert lines[7] == "| 3 | – | **0.3000 ± 0.0000** | – | sf |"
     assert lines[-1] == ("No breakdown up to f = 3 (accuracy under the strongest attack stays at or above 25% of the "
                          "no-attack value 0.9500)")
 
 
 def test_write_report(tmp_path):
-    report, paths = write_report(RUNS, tmp_path / "audit", "accuracy", title="userapp")
+    report, paths = write_audit_report(RUNS, tmp_path / "audit", "accuracy", title="userapp")
     out = tmp_path / "audit"
     assert report == out / "report.md"
     assert set(paths) == {report, out / "table.csv", out / "metric-vs-round.png", out / "metric-vs-f.png"}
@@ -125,9 +137,11 @@ def test_write_report(tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with (out / "table.csv").open() as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["f", "attack", "mean", "half_width", "seeds"]
-    assert len(rows) == 1 + 1 + 6  # header, baseline, 3 f x 2 attacks
-    assert rows[1][:2] == ["0", "none"] and float(rows[1][2]) == pytest.approx(0.95)
+    assert rows[0] == ["num-byzantine", "none", "none_ci95", "none_seeds", "sf", "sf_ci95", "sf_seeds", "jump",
+                       "jump_ci95", "jump_seeds", "strongest", "superiority"]
+    assert len(rows) == 1 + 1 + 3  # header, baseline, 3 f
+    assert rows[1][:4] == ["0", "0.95", str(round(T * 0.01, 6)), "2"] and rows[1][4:] == [""] * 8
+    assert rows[4] == ["3", "", "", "", "0.3", "0.0", "2", "0.1", "0.0", "1", "jump", "0.2"]
 
 
 def test_a_diverged_run_counts_as_the_worst_and_failed_runs_are_listed(tmp_path):
@@ -136,9 +150,9 @@ def test_a_diverged_run_counts_as_the_worst_and_failed_runs_are_listed(tmp_path)
     rows[-1]["loss"] = "nan"
     runs = [*RUNS[:2], run("sf", 1, 1, 0.9), (settings, rows, footer)]
     table = audit_table(runs, "loss")
-    assert table.strongest == {1: "jump"} and table.breakdown == 1
-    assert table.cells[1, "jump"][0] == float("inf")
+    assert strongest(table) == {1: "jump"} and table.breakdown == 1
+    assert table.row(1).cells["jump"][0] == float("inf")
     table = audit_table([*runs[:3], run("jump", 1, 1, float("nan"))], "accuracy")
-    assert table.strongest == {1: "jump"} and table.cells[1, "jump"][0] == float("-inf")
-    report, _ = write_report(runs, tmp_path, "loss", failed=["sf_f2_s1"])
+    assert strongest(table) == {1: "jump"} and table.row(1).cells["jump"][0] == float("-inf")
+    report, _ = write_audit_report(runs, tmp_path, "loss", failed=["sf_f2_s1"])
     assert "Failed runs (their cells are left out; errors in runs/*.failed.json): sf_f2_s1" in report.read_text()

@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from flwr_byz.cli import build_parser, main, planned_runs
+from flwr_byz.cli import build_parser, main, stress_sweep
 from flwr_byz.settings import RunSettings
+from flwr_byz.runs import report, store
 from flwr_byz.runs.launcher import toml_value
-from flwr_byz.runs.report import format_table, plot_accuracy, summary_row
 from flwr_byz.results import RunLog, is_complete, read_run, results_path
 
 
@@ -28,11 +28,11 @@ def test_results_round_trip_with_settings_header(tmp_path):
 
 def test_summary_table_and_plot(tmp_path):
     paths = [fake_run(tmp_path, "none", [0.1, 0.8, 0.9]), fake_run(tmp_path, "jump", [0.1, 0.3, 0.2])]
-    rows = [summary_row(p) for p in paths]
-    assert rows[1]["final"] == 0.2 and rows[1]["max"] == 0.3
-    table = format_table(rows)
-    assert "jump" in table and "20.0" in table and "90.0" in table
-    png = plot_accuracy(paths, tmp_path / "acc.png")
+    runs = [store.read(p) for p in paths]
+    assert report.value(runs[1][1], "test-accuracy") == 0.2 and report.value(runs[1][1], "test-accuracy", "max") == 0.3
+    table = report.markdown(report.table(runs, summary="final", percent=True))
+    assert "| none | jump | Superiority |" in table and "| 90.0 ± – | **20.0 ± –** | – |" in table
+    png = report.curves(runs, tmp_path / "acc.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -61,13 +61,13 @@ def test_stress_skips_only_runs_with_equal_settings(tmp_path):
     def args(*extra):
         return build_parser().parse_args(["stress", "--attacks", "sf", "--rounds", "20", "--out", str(tmp_path), *extra])
 
-    default = planned_runs(args())[0]
+    default = stress_sweep(args()).runs[0]
     fake_run(tmp_path, "sf", [0.1, 0.5], **{k: getattr(default, k) for k in (
         "task", "aggregation", "num_byzantine", "alpha", "seed", "eval_every", "eval_size")})
     assert is_complete(default)
-    no_momentum = planned_runs(args("--set", "momentum=0"))[0]
+    no_momentum = stress_sweep(args("--set", "momentum=0")).runs[0]
     assert no_momentum.momentum == 0.0 and not is_complete(no_momentum)
-    assert planned_runs(args("--task", "cifar10"))[0].lr == 0.25  # the task's paper values, not MNIST's
+    assert stress_sweep(args("--task", "cifar10")).runs[0].lr == 0.25  # the task's paper values, not MNIST's
 
 
 def test_report_command_reads_finished_runs_only(tmp_path, capsys):
@@ -103,10 +103,13 @@ def test_stress_on_the_engine_prints_the_table_and_plot_and_resumes(tmp_path, ca
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "round 10/10: test accuracy" in out  # the engine's progress lines
-    assert "toy2d  cm" in out and (tmp_path / "toy2d_cm_f1_accuracy.png").exists()
+    assert "2 runs via engine, 2 to run now" in out and "finished now 2, already finished 0, failed 0" in out
+    assert "| task | aggregation | f | alpha | momentum | sf | jump | Superiority |" in out  # final test loss
+    assert "| toy2d | cm | 1 | 0.1 | 0.0 | " in out and (tmp_path / "toy2d_cm_f1_accuracy.png").exists()
     assert len(list(tmp_path.glob("*.jsonl"))) == 2
     assert main(argv) == 0
-    assert capsys.readouterr().out.count("already complete") == 2
+    out = capsys.readouterr().out
+    assert "2 runs via engine, 0 to run now" in out and "finished now 0, already finished 2" in out
 
 
 def test_planning_attacks_need_the_engine_executor(tmp_path, capsys):
@@ -125,3 +128,28 @@ def test_report_refuses_runs_without_accuracy(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path)])
     assert "toy2d reports only test loss" in capsys.readouterr().err
+
+
+@pytest.mark.flower
+def test_a_run_that_cannot_start_is_named_with_flowers_error_and_the_command_fails(tmp_path, capsys, monkeypatch):
+    import json
+    import shutil
+
+    from flwr_byz.flower.paper import APP_DIR
+    from flwr_byz.runs import executor
+
+    broken = tmp_path / "app"  # a broken install: the app's pyproject cannot be read
+    shutil.copytree(APP_DIR, broken)
+    (broken / "pyproject.toml").write_text((APP_DIR / "pyproject.toml").read_text() + "\n[[[ broken\n")
+    monkeypatch.setattr(executor, "PAPER_APP", broken)
+    argv = ["stress", "--rounds", "3", "--attacks", "none", "--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    run = stress_sweep(build_parser().parse_args(argv)).runs[0]
+    name = store.label(run)
+    assert name.startswith("mnist-logreg_nnm+gm_none_f3_") and name.endswith(run.key)
+    assert f"FAILED {name} after" in err and "Failed to load Flower App configuration" in err  # Flower's error
+    assert f"1 of 1 runs failed: {name} (error above; full log: {store.log_path(run)})" in err
+    assert "Failed to load Flower App configuration" in store.log_path(run).read_text()
+    record = json.loads(store.failure_path(run).read_text())
+    assert "not-started" in record["error"] and record["settings"] == run.to_run_config()

@@ -9,6 +9,8 @@ import pytest
 from scipy.optimize import brentq
 
 from flwr_byz.cli import main
+from flwr_byz.runs import executor, store
+from flwr_byz.runs.grid import load
 from flwr_byz.studies import toy2d, tradeoff
 
 
@@ -69,14 +71,39 @@ def test_toy2d_command_writes_the_table_and_figures(tmp_path, capsys) -> None:
         toy2d.settings_for("median", "sf")
 
 
-def test_tradeoff_study_writes_its_tables_and_resumes(tmp_path, monkeypatch) -> None:
-    kwargs = dict(aggregations=("nnm+cm",), taus=(1, 3), seeds=(1, 2), rounds=6, nodes=5, f=1, eval_every=3)
-    path, summary = tradeoff.study(tmp_path, **kwargs)
+def test_tradeoff_runs_its_spec_through_the_executor_writes_its_tables_and_resumes(tmp_path, capsys,
+                                                                                  monkeypatch) -> None:
+    argv = ["tradeoff", "--out", str(tmp_path), "--aggregations", "nnm+cm", "--taus", "1,3", "--seeds", "1,2",
+            "--rounds", "6", "--eval-every", "3", "--set", "num-byzantine=1", "eval-size=500"]
+    assert main(argv) == 0
+    assert "sweep appendix-a-tradeoff: 6 runs via engine, 6 to run now" in capsys.readouterr().out
+    spec = load(tradeoff.SPEC, results_dir=tmp_path / "runs", overrides={
+        "aggregation": ["nnm+cm"], "jump-tau": [1, 3], "seed": [1, 2], "rounds": 6, "eval-every": 3,
+        "num-byzantine": 1, "eval-size": 500})
+    assert sorted((s.attack, s.jump_tau, s.seed) for s in spec.runs) == [  # the spec's SF runs follow the seeds
+        ("jump", 1, 1), ("jump", 1, 2), ("jump", 3, 1), ("jump", 3, 2), ("sf", 1, 1), ("sf", 1, 2)]
+    assert all(store.status(s) == "finished" for s in spec.runs)
+    path = tmp_path / "tradeoff.csv"
     rows = list(csv.DictReader(path.open()))
     assert [(r["tau"], r["seed"]) for r in rows] == [("1", "1"), ("3", "1"), ("1", "2"), ("3", "2")]
     assert all(float(r["runtime_ratio"]) > 0 and 0 <= float(r["max_accuracy"]) <= 1 for r in rows)
-    assert [(s["tau"], s["seeds"]) for s in summary] == [(1, 2), (3, 2)]
+    summary = list(csv.DictReader((tmp_path / "tradeoff_summary.csv").open()))
+    assert [(s["tau"], s["seeds"]) for s in summary] == [("1", "2"), ("3", "2")]
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
-    monkeypatch.setattr(tradeoff, "run", lambda *a, **k: pytest.fail("a finished run was run again"))
-    again, _ = tradeoff.study(tmp_path, **kwargs)
-    assert again.read_text() == path.read_text()
+    before = path.read_text()
+    monkeypatch.setattr(executor, "_ray", lambda *a, **k: pytest.fail("a finished run was run again"))
+    assert main(argv) == 0
+    assert "6 runs via engine, 0 to run now" in capsys.readouterr().out and path.read_text() == before
+
+
+def test_tradeoff_pairs_each_jump_run_with_the_sf_run_of_its_settings() -> None:
+    def run(attack, tau, seed, seconds, accuracy, **other):
+        settings = {"aggregation": "nnm+cm", "attack": attack, "jump-tau": tau, "seed": seed, "rounds": 6,
+                    "results-dir": f"/{attack}", **other}
+        return settings, [{"round": 0, "test-accuracy": 0.1}, {"round": 6, "test-accuracy": accuracy}], \
+            {"complete": True, "seconds": seconds}
+
+    runs = [run("jump", 4, 1, 8.0, 0.3), run("sf", 1, 1, 2.0, 0.5), run("jump", 1, 1, 4.0, 0.4),
+            run("jump", 4, 2, 9.0, 0.2), run("jump", 4, 1, 5.0, 0.6, rounds=7)]  # no SF partner: left out
+    assert [(r["tau"], r["seed"], r["max_accuracy"], r["runtime_ratio"]) for r in tradeoff.rows_of(runs)] == [
+        (1, 1, 0.4, 2.0), (4, 1, 0.3, 4.0)]

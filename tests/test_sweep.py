@@ -17,8 +17,9 @@ import torch
 from flwr_byz.settings import RunSettings
 from flwr_byz.engine import Simulation, run
 from flwr_byz.engine.runner import checkpoint_path
-from flwr_byz.runs import executor, store, tables
+from flwr_byz.runs import executor, report, store
 from flwr_byz.results import read_run, results_path
+from flwr_byz.cli import main
 from flwr_byz.runs.grid import expand, load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,26 @@ def test_a_run_spelt_twice_runs_once(tmp_path: Path) -> None:
     assert [s.attack for s in load(spec).runs] == ["sf", "alie"]
 
 
+def test_a_packaged_spec_is_named_by_its_name_and_an_unknown_name_lists_them(tmp_path: Path, capsys) -> None:
+    assert load("smoke").runs == load(SMOKE).runs and load("smoke").name == "smoke"
+    with pytest.raises(ValueError, match=r"no sweep spec named 'smoek': give a path or one of "
+                                         r"appendix-a-tradeoff, smoke, table1-cifar10, table6-mnist"):
+        load("smoek")
+    with pytest.raises(SystemExit):
+        main(["sweep", "smoek", "--out", str(tmp_path)])
+    assert "no sweep spec named 'smoek'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="sweep spec missing.toml"):  # a path is a path
+        load("missing.toml")
+
+
+def test_overrides_replace_grid_keys_and_the_axes_of_includes(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, 'honest = 2\n[grid]\ntask = "toy2d"\naggregation = "cm"\nnum-byzantine = 1\n'
+                                'attack = "sf"\nseed = [1, 2, 3]\n[[include]]\naggregation = "mean"\n'
+                                'num-byzantine = 0\nattack = "none"\nseed = [1, 2, 3]\n')
+    runs = load(spec, overrides={"seed": [2], "aggregation": "gm"}).runs
+    assert [(s.aggregation, s.attack, s.seed) for s in runs] == [("gm", "sf", 2), ("mean", "none", 2)]
+
+
 def toy_settings(tmp_path: Path, **changes: object) -> RunSettings:
     base = RunSettings(task="toy2d", aggregation="cm", num_byzantine=1, attack="sf", rounds=5, eval_every=1,
                        results_dir=str(tmp_path))
@@ -97,12 +118,16 @@ def test_a_store_keeps_its_runs_when_moved_and_refuses_another_node_count(tmp_pa
         executor.plan(executor.Sweep("t", "engine", 4, 0, (moved,)))
 
 
-def test_failures_are_recorded_and_only_retried_when_asked(tmp_path: Path) -> None:
+def test_failures_are_recorded_and_only_retried_when_asked(tmp_path: Path, capsys) -> None:
     good = toy_settings(tmp_path)
     bad = toy_settings(tmp_path, task="cifar10", data_dir=str(tmp_path / "no-such-data"))  # no such dataset
     sweep = executor.Sweep("t", "engine", 2, 0, (bad, good))
     outcome = executor.run_sweep(sweep, executor.plan(sweep))  # local Ray: the failing run does not stop the other
     assert outcome.finished == [good] and outcome.failed == [bad]
+    err = capsys.readouterr().err  # the run's full name and its error on the terminal
+    assert f"FAILED {store.label(bad)} after" in err and "no-such-data" in err
+    assert outcome.failures() == (f"1 of 2 runs failed: {store.label(bad)} (error above; record: "
+                                  f"{store.failure_path(bad)})")
     record = json.loads(store.failure_path(bad).read_text())
     assert "no-such-data" in record["error"] and record["settings"] == bad.to_run_config()
     assert executor.plan(sweep) == ([], executor.Outcome(skipped=[good], failed_before=[bad]))
@@ -137,13 +162,13 @@ def test_a_killed_run_resumes_from_its_checkpoint_bit_for_bit(tmp_path: Path, mo
 
 
 def test_confidence_interval_on_known_samples() -> None:
-    mean, half = tables.interval([1.0, 2.0, 3.0])  # s = 1, t(0.975, 2) = 4.302652729749464
+    mean, half = report.interval([1.0, 2.0, 3.0])  # s = 1, t(0.975, 2) = 4.302652729749464
     assert mean == 2.0 and half == pytest.approx(4.302652729749464 / 3**0.5, rel=1e-12)
-    assert tables.interval([5.0]) == (5.0, 0.0)
-    assert tables.interval([2.0, 2.0]) == (2.0, 0.0)
+    assert report.interval([5.0]) == (5.0, 0.0)
+    assert report.interval([2.0, 2.0]) == (2.0, 0.0)
 
 
-def fixture_run(aggregation: str, f: int, attack: str, seed: int, accuracies: list[float]) -> tables.Run:
+def fixture_run(aggregation: str, f: int, attack: str, seed: int, accuracies: list[float]) -> store.Run:
     settings = {"task": "mnist", "aggregation": aggregation, "num-byzantine": f, "alpha": 0.1, "momentum": 0.9,
                 "attack": attack, "seed": seed, "results-dir": "/x", "rounds": 2 * (len(accuracies) - 1)}
     rows = [{"round": 2 * i, "test-accuracy": a} for i, a in enumerate(accuracies)]
@@ -154,19 +179,19 @@ def test_table_rendering_on_a_fixture(tmp_path: Path) -> None:
     runs = [fixture_run("nnm+cm", 3, "sf", 1, [0.1, 0.6, 0.5]), fixture_run("nnm+cm", 3, "sf", 2, [0.1, 0.7, 0.7]),
             fixture_run("nnm+cm", 3, "jump", 1, [0.1, 0.4, 0.3]), fixture_run("nnm+cm", 3, "jump", 2, [0.1, 0.2, 0.2]),
             fixture_run("nnm+cm", 3, "none", 1, [0.1, 0.9, 0.9]), fixture_run("nnm+gm", 1, "sf", 1, [0.1, 0.5, 0.4])]
-    keys, attacks, rows = tables.table(runs, "max")
-    assert attacks == ["none", "sf", "jump"] and keys == list(tables.ROW_KEYS)
-    cm = rows[0]
-    assert cm["cells"]["sf"][:1] == (65.0,) and cm["cells"]["jump"][0] == pytest.approx(30.0)
-    assert cm["cells"]["jump"][1] == pytest.approx(12.706204736174707 * 10)  # t(0.975, 1) * s / sqrt(2)
-    assert cm["strongest"] == "jump" and cm["superiority"] == pytest.approx(35.0)
-    assert rows[1]["superiority"] is None and rows[1]["strongest"] == "sf"
-    text = tables.markdown(keys, attacks, rows)
+    table = report.table(runs, summary="max", percent=True)
+    assert table.attacks == ["none", "sf", "jump"] and table.keys == list(report.ROW_KEYS)
+    cm = table.rows[0]
+    assert cm.cells["sf"][:1] == (65.0,) and cm.cells["jump"][0] == pytest.approx(30.0)
+    assert cm.cells["jump"][1] == pytest.approx(12.706204736174707 * 10)  # t(0.975, 1) * s / sqrt(2)
+    assert cm.strongest == "jump" and cm.superiority == pytest.approx(35.0)
+    assert table.rows[1].superiority is None and table.rows[1].strongest == "sf"
+    text = report.markdown(table)
     assert text.splitlines()[0] == "| task | aggregation | f | alpha | momentum | none | sf | jump | Superiority |"
     assert text.splitlines()[2] == "| mnist | nnm+cm | 3 | 0.1 | 0.9 | 90.0 ± – | 65.0 ± 63.5 | **30.0 ± 127.1** | +35.0 |"
     assert text.splitlines()[3] == "| mnist | nnm+gm | 1 | 0.1 | 0.9 | – | **50.0 ± –** | – | – |"  # 1 seed
-    assert tables.table(runs, "final")[2][0]["cells"]["sf"][0] == pytest.approx(60.0)
-    _, paths = tables.report(runs, tmp_path / "report")
+    assert report.table(runs, summary="final", percent=True).rows[0].cells["sf"][0] == pytest.approx(60.0)
+    _, paths = report.write_paper_report(runs, tmp_path / "report")
     assert {p.name for p in paths} >= {"table_max.md", "table_max.csv", "curves_mnist_nnm+cm_0.1_0.9.png",
                                        "breakdown_mnist_nnm+cm_0.1_0.9.png"}
     assert "jump_ci95" in (tmp_path / "report" / "table_max.csv").read_text().splitlines()[0]

@@ -6,10 +6,11 @@ does not declare, so the audit runs a staged copy whose run config also declares
 (:data:`flwr_byz.flower.byzantine.RUN_CONFIG`). Each run reads the hook's JSON log lines
 (``flwr_byz.flower.adversary.EVENT``) back from `flwr run`'s output: the defence and the f it
 tolerates, every evaluation of the app's own ``evaluate_fn`` (and federated evaluation, as
-``federated-<metric>``) and every round's training and attack metrics. Runs go to a results
+``federated-<metric>``) and every round's training and attack metrics. The runs are grids of the
+sweep executor (``flower``, with the staged app as its target: :class:`UserApp`) into a results
 store (``<out>/runs``, one file per run keyed by its settings and the app's source), so an
 interrupted audit resumes where it stopped. The clean reference is attack ``none`` with no Byzantine
-node; the grid covers f = 1 .. the largest f the strategy tolerates.
+node, run first; the grid covers f = 1 .. the largest f the strategy tolerates.
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ import fnmatch
 import hashlib
 import json
 import math
-import re
 import shutil
 import sys
-import time
 import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,16 +30,16 @@ from typing import Any, TextIO
 import tomli_w
 
 from flwr_byz.attacks import ATTACKS
-from flwr_byz.flower.byzantine import RUN_CONFIG
+from flwr_byz.settings import ADVERSARY_KEYS as RUN_CONFIG
 from flwr_byz.settings import settings_key
 from flwr_byz.flower.adversary import EVENT
-from flwr_byz.runs import audit_report, store
-from flwr_byz.runs.launcher import FlowerLauncher
-from flwr_byz.results import RunLog, finished
+from flwr_byz.runs import executor, report, store
+from flwr_byz.runs.grid import Sweep
+from flwr_byz.runs.launcher import ANSI, FlowerLauncher, RunOutcome, tail
+from flwr_byz.results import RunLog
 
 DEFAULT_ATTACKS = ("none", "sf", "alie", "foe", "minmax", "minsum", "mimic", "jump")
 ROUNDS_KEYS = ("num-server-rounds", "num-rounds", "rounds")
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SOURCES = ("*.py", "pyproject.toml")
 SKIPPED = (".git", "__pycache__", "*.egg-info", ".flwr*", ".venv", "results")  # not part of an app's code
 
@@ -82,7 +81,8 @@ def stage(app_dir: Path, dest: Path) -> Path:
 @dataclass(frozen=True)
 class AuditRun:
     """One run of the audit: ``attack`` with ``f`` Byzantine nodes of ``nodes``, ``seed``, ``rounds``
-    (``None``: the app's own) and the run-config passthrough, on the app ``app`` whose sources hash to ``source``."""
+    (``None``: the app's own) and the run-config passthrough, on the app ``app`` whose sources hash to ``source``;
+    stored in the folder ``store``. Its identity is its :attr:`header`."""
 
     app: str
     source: str
@@ -92,6 +92,7 @@ class AuditRun:
     seed: int
     rounds: int | None = None
     run_config: tuple[tuple[str, Any], ...] = ()
+    store: str = "."
 
     @property
     def header(self) -> dict[str, Any]:
@@ -102,8 +103,9 @@ class AuditRun:
     def name(self) -> str:
         return f"{self.attack}_f{self.f}_s{self.seed}"
 
-    def path(self, folder: Path) -> Path:
-        return folder / f"{self.name}_{settings_key(self.header)}.jsonl"
+    @property
+    def path(self) -> Path:
+        return Path(self.store) / f"{self.name}_{settings_key(self.header)}.jsonl"
 
     def overrides(self, rounds_key: str | None) -> dict[str, Any]:
         """The ``--run-config`` of this run."""
@@ -140,9 +142,30 @@ def rows(found: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [by_round[r] for r in sorted(by_round)]
 
 
-def tail(output: str, lines: int = 25) -> str:
-    """The last ``lines`` lines of a run's output, colours removed: where its error is."""
-    return "\n".join(ANSI.sub("", output).strip().splitlines()[-lines:])
+@dataclass(frozen=True)
+class UserApp:
+    """The ``flower`` executor's target for an audit: the user's staged app; a run's rows are the hook's events
+    in its output (:func:`rows`), stored with the run's header and the defence the hook logged."""
+
+    folder: Path
+    rounds_key: str | None
+    timeout: float
+
+    def run_config(self, run: AuditRun) -> dict[str, Any]:
+        return run.overrides(self.rounds_key)
+
+    def collect(self, run: AuditRun, outcome: RunOutcome, seconds: float) -> str | None:
+        found = list(events(outcome.output))
+        table = rows(found)
+        if not outcome.ok or not table:
+            why = "" if table else ("no flwr-byz events in its output: wrap the ServerApp's strategy in "
+                                    "flwr_byz.flower.OmniscientAdversary and run it with strategy.start()\n")
+            return f"{why}status {outcome.status}\n{tail(outcome.output)}"
+        log = RunLog(run.path, run.header)
+        for row in table:
+            log.append(row)
+        log.finish(seconds=round(seconds, 3), defence=next((e for e in found if e["event"] == "defence"), None))
+        return None
 
 
 @dataclass
@@ -186,38 +209,12 @@ class Audit:
 
     def run_of(self, attack: str, f: int, seed: int) -> AuditRun:
         return AuditRun(self.name, self.source, self.nodes, attack, f, seed, self.rounds,
-                        tuple(sorted(self.run_config.items())))
+                        tuple(sorted(self.run_config.items())), str(self.runs_dir))
 
-    def execute(self, launcher: FlowerLauncher, run: AuditRun) -> tuple[dict, list[dict], dict] | None:
-        """Run ``run`` unless it finished before; its ``(settings, rows, footer)``, or None if it failed (recorded
-        in ``<name>_<key>.failed.json`` with the end of its output)."""
-        path = run.path(self.runs_dir)
-        if not finished(path, run.header):
-            start = time.time()
-            outcome = launcher.run(self.out / "app", run.overrides(self.rounds_key), num_supernodes=self.nodes,
-                                   timeout=self.timeout)
-            found = list(events(outcome.output))
-            table = rows(found)
-            if not outcome.ok or not table:
-                why = "" if table else ("no flwr-byz events in its output: wrap the ServerApp's strategy in "
-                                        "flwr_byz.flower.OmniscientAdversary and run it with strategy.start()\n")
-                store.write_failure(store.failure_of(path), run.header, f"{why}status {outcome.status}\n"
-                                    f"{tail(outcome.output)}")
-                self.say(f"  {run.name}: FAILED ({outcome.status}) -> {store.failure_of(path)}")
-                return None
-            log = RunLog(path, run.header)
-            for row in table:
-                log.append(row)
-            defence = next((e for e in found if e["event"] == "defence"), None)
-            log.finish(seconds=round(time.time() - start, 3), defence=defence)
-            store.failure_of(path).unlink(missing_ok=True)
-            self.say(f"  {run.name}: {len(table)} rounds in {time.time() - start:.0f} s")
-        lines = [json.loads(line) for line in path.read_text().splitlines()]
-        return lines[0]["settings"], lines[1:-1], lines[-1]
-
-    def error(self, run: AuditRun) -> str:
-        """The recorded error of a failed run."""
-        return str(json.loads(store.failure_of(run.path(self.runs_dir)).read_text())["error"])
+    def sweep(self, name: str, runs: list[AuditRun]) -> Sweep:
+        """``runs`` as a grid of the ``flower`` executor on the staged app."""
+        app = UserApp(self.out / "app", self.rounds_key, self.timeout)
+        return Sweep(f"{self.name} {name}", "flower", None, 0, tuple(runs), app=app)
 
     def say(self, text: str) -> None:
         self.echo.write(text + "\n")
@@ -225,7 +222,8 @@ class Audit:
 
     def run(self, attacks: Sequence[str], fs: Sequence[int] | None, seeds: Sequence[int], metric: str,
             threshold: float = 0.5) -> tuple[Path, list[Path], list[AuditRun]]:
-        """Baselines, then the grid; the report (``<out>/report``), its files and the runs that failed."""
+        """Baselines, then the grid (failed runs are run again; what happened: :attr:`outcome`); the report
+        (``<out>/report``), its files and the runs that failed."""
         unknown = [a for a in attacks if a != "none" and a not in ATTACKS]
         if unknown or not seeds:
             raise ValueError(f"unknown attacks {unknown}; valid: none, {', '.join(ATTACKS)}" if unknown
@@ -233,33 +231,29 @@ class Audit:
         if not 0 < threshold <= 1:
             raise ValueError(f"--threshold must be in (0, 1], got {threshold}")
         stage(self.app_dir, self.out / "app")
-        failed: list[AuditRun] = []
-        done: list[tuple[dict, list[dict], dict]] = []
         with FlowerLauncher(self.out / ".flwr-home") as launcher:
             self.say(f"audit of {self.app_dir} on {self.nodes} nodes -> {self.out}")
-            for seed in seeds:
-                baseline = self.run_of("none", 0, seed)
-                result = self.execute(launcher, baseline)
-                if result is None:
-                    raise RuntimeError(f"the app failed without attack, so nothing else runs:\n{self.error(baseline)}")
-                done.append(result)
-            audit_report.final_value(done[0][1], metric)  # a metric the app does not report fails here
+            baselines = self.sweep("baselines", [self.run_of("none", 0, seed) for seed in seeds])
+            outcome = executor.run_sweep(baselines, executor.plan(baselines, retry_failed=True), launcher=launcher)
+            if outcome.failed:
+                raise RuntimeError("the app failed without attack, so nothing else runs:\n"
+                                   f"{store.error(outcome.failed[0])}")
+            done = store.runs_of(baselines.runs)
+            report.value(done[0][1], metric)  # a metric the app does not report fails here
             grid = self.grid(done[0][2].get("defence"), fs)
-            todo = [self.run_of(a, f, s) for f in grid for a in attacks if a != "none" for s in seeds]
-            self.say(f"tolerated f: {grid[-1]}; {len(todo)} attacked runs "
-                     f"({sum(finished(r.path(self.runs_dir), r.header) for r in todo)} finished before)")
-            for i, run in enumerate(todo, 1):
-                self.say(f"[{i}/{len(todo)}] attack={run.attack} f={run.f} seed={run.seed}")
-                result = self.execute(launcher, run)
-                if result is None:
-                    failed.append(run)
-                else:
-                    done.append(result)
+            attacked = self.sweep("attacks", [self.run_of(a, f, s) for f in grid for a in attacks if a != "none"
+                                              for s in seeds])
+            planned = executor.plan(attacked, retry_failed=True)
+            self.say(f"tolerated f: {grid[-1]}; {len(attacked.runs)} attacked runs "
+                     f"({len(planned[1].skipped)} finished before)")
+            self.outcome = executor.run_sweep(attacked, planned, launcher=launcher)
+            failed = self.outcome.failed
+        done += store.runs_of(attacked.runs)
         if not any(settings["attack"] != "none" for settings, _, _ in done):
-            raise RuntimeError(f"every attacked run failed; the first one's error:\n{self.error(failed[0])}")
-        report, paths = audit_report.write_report(done, self.out / "report", metric, threshold, title=self.name,
-                                                  failed=[r.name for r in failed])
-        return report, paths, failed
+            raise RuntimeError(f"every attacked run failed; the first one's error:\n{store.error(failed[0])}")
+        path, paths = report.write_audit_report(done, self.out / "report", metric, threshold, title=self.name,
+                                                failed=[r.name for r in failed])
+        return path, paths, failed
 
     def grid(self, defence: dict[str, Any] | None, fs: Sequence[int] | None) -> list[int]:
         """The f values to audit: ``fs``, or 1 .. the tolerated f the hook logged; each checked against it."""

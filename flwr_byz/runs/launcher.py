@@ -27,6 +27,12 @@ from types import FrameType
 from typing import Any, TextIO
 
 RUN_ID = re.compile(r"Successfully started run (\d+)")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def tail(output: str, lines: int = 25) -> str:
+    """The last ``lines`` lines of a run's output, colours removed: where its error is."""
+    return "\n".join(ANSI.sub("", output).strip().splitlines()[-lines:])
 
 
 def toml_value(value: Any) -> str:

@@ -2,12 +2,13 @@
 
 * finished: ``<name>_<key>.jsonl`` (settings, rows, footer with timing and versions), published
   atomically by :class:`~flwr_byz.results.RunLog`;
-* failed: ``<name>_<key>.failed.json`` (settings and the error), written atomically, removed when the
-  run later finishes;
+* failed: ``<name>_<key>.failed.json`` (settings and the error), written atomically, and for runs through
+  `flwr run` ``<name>_<key>.log`` (the whole output); both removed when the run later finishes;
 * in progress or killed: ``.jsonl.partial`` and, for checkpointed engine runs, ``.jsonl.ckpt``.
 
 A run is *finished* when its results file is complete with equal settings, *failed* when only its failure
-record exists, else *pending*.
+record exists, else *pending*. A run is a simulated one (``RunSettings``, its file in its ``results-dir``) or
+any object with a ``path`` and a ``header`` (the audit's runs of a user's app).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr_byz.settings import RunSettings, settings_key
-from flwr_byz.results import is_complete, results_path
+from flwr_byz.results import finished, results_path
 
 FAILED = ".failed.json"
 STORE_FILE = "store.json"
@@ -42,48 +43,76 @@ def claim(folder: Path | str, honest: int) -> None:
     os.replace(tmp, path)
 
 
-def failure_path(settings: RunSettings) -> Path:
-    return failure_of(results_path(settings))
+def location(run: Any) -> tuple[Path, dict[str, Any]]:
+    """Where a run's results file lies and the settings stored in it: a simulated run (``RunSettings``) or any
+    run with a ``path`` and a ``header`` (an audit's)."""
+    if isinstance(run, RunSettings):
+        return results_path(run), run.to_run_config()
+    return run.path, run.header
 
 
-def failure_of(results: Path) -> Path:
-    """Where the failure of the run stored at ``results`` is recorded."""
-    return results.with_name(results.name.removesuffix(".jsonl") + FAILED)
+def label(run: Any) -> str:
+    """A run's full name: ``<name>_<key>``, its results file's name without the suffix."""
+    return location(run)[0].name.removesuffix(".jsonl")
 
 
-def status(settings: RunSettings) -> str:
+def failure_path(run: Any) -> Path:
+    """Where the failure of a run is recorded (``<name>_<key>.failed.json``)."""
+    return location(run)[0].with_name(label(run) + FAILED)
+
+
+def log_path(run: Any) -> Path:
+    """Where the whole output of a failed run is kept (``<name>_<key>.log``)."""
+    return location(run)[0].with_name(label(run) + ".log")
+
+
+def status(run: Any) -> str:
     """``"finished"``, ``"failed"`` or ``"pending"``."""
-    if is_complete(settings):
+    if finished(*location(run)):
         return "finished"
-    return "failed" if failure_path(settings).exists() else "pending"
+    return "failed" if failure_path(run).exists() else "pending"
 
 
-def record_failure(settings: RunSettings, error: str) -> Path:
-    """Record that the run failed with ``error`` (atomically); the record's path."""
-    return write_failure(failure_path(settings), settings.to_run_config(), error)
-
-
-def write_failure(path: Path, header: dict[str, Any], error: str) -> Path:
-    """Write the failure record ``{"settings": header, "error": error}`` to ``path`` atomically; ``path``."""
+def record_failure(run: Any, error: str, log: str | None = None) -> Path:
+    """Record that the run failed with ``error`` (atomically) and keep its whole output ``log`` (if any) in
+    :func:`log_path`; the record's path."""
+    if log is not None:
+        log_path(run).parent.mkdir(parents=True, exist_ok=True)
+        log_path(run).write_text(log)
+    path = failure_path(run)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"settings": header, "error": error}, indent=1))
+    tmp.write_text(json.dumps({"settings": location(run)[1], "error": error}, indent=1))
     os.replace(tmp, path)
     return path
 
 
-def clear_failure(settings: RunSettings) -> None:
-    failure_path(settings).unlink(missing_ok=True)
+def error(run: Any) -> str:
+    """The recorded error of a failed run."""
+    return str(json.loads(failure_path(run).read_text())["error"])
+
+
+def clear_failure(run: Any) -> None:
+    failure_path(run).unlink(missing_ok=True)
+    log_path(run).unlink(missing_ok=True)
+
+
+def read(path: Path) -> Run | None:
+    """``(settings, rows, footer)`` of a finished results file, else None."""
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if len(lines) >= 2 and "settings" in lines[0] and lines[-1].get("complete") is True:
+        return lines[0]["settings"], lines[1:-1], lines[-1]
+    return None
+
+
+def runs_of(runs: Any) -> list[Run]:
+    """``(settings, rows, footer)`` of those of ``runs`` that finished."""
+    return [read(location(run)[0]) for run in runs if status(run) == "finished"]
 
 
 def finished_runs(folder: Path | str) -> list[Run]:
     """``(settings, rows, footer)`` of every finished results file in ``folder`` (partial files are skipped)."""
-    runs = []
-    for path in sorted(Path(folder).glob("*.jsonl")):
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if len(lines) >= 2 and "settings" in lines[0] and lines[-1].get("complete") is True:
-            runs.append((lines[0]["settings"], lines[1:-1], lines[-1]))
-    return runs
+    return [run for run in map(read, sorted(Path(folder).glob("*.jsonl"))) if run is not None]
 
 
 def export(folder: Path | str, out: Path | str) -> tuple[Path, int]:

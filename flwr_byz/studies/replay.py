@@ -17,7 +17,7 @@ from flwr_byz.attacks import Attack, AttackContext
 from flwr_byz.dsgd import attack_context
 from flwr_byz.settings import RunSettings
 from flwr_byz.engine import Simulation
-from flwr_byz.tasks.nodes import honest_loss_oracle
+from flwr_byz.node_data import honest_loss_oracle
 
 
 @dataclass(frozen=True)

@@ -1,90 +1,67 @@
-"""JUMP's efficiency-power trade-off (paper, Appendix A and Figure 4) on the in-process engine.
+"""JUMP's efficiency-power trade-off (paper, Appendix A and Figure 4) from the stored runs of its sweep.
 
-For each aggregation and segment length ``tau``, runs of ``mnist-logreg`` (Table 3's task) under
-JUMP-tau and, per seed, one run under SF: the maximal test accuracy under JUMP-tau (lower is a
-stronger attack) and the runtime ratio of the JUMP-tau run to the SF run of the same seed
-(whole runs, evaluation included, measured on this machine). Finished runs are results files
-keyed by their settings, so an interrupted study resumes where it stopped.
+``flwr-byz tradeoff`` runs the packaged spec :data:`SPEC` (``simulations/paper/sweeps/appendix-a-tradeoff.toml``:
+``mnist-logreg``, Table 3's task, under JUMP-tau for each tau and, per seed, under SF) through the sweep
+executor, then :func:`write` reads the finished runs: per aggregation and tau, the maximal test accuracy under
+JUMP-tau (lower is a stronger attack) and the runtime ratio of the JUMP-tau run to the SF run of the same seed
+and settings (whole runs' seconds from their results files, evaluation included, measured where they ran).
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
-import logging
-import tempfile
 from pathlib import Path
+from typing import Any
 
-from flwr_byz.settings import RunSettings
-from flwr_byz.engine import run
-from flwr_byz.results import is_complete, read_run, results_path
-from flwr_byz.runs.tables import interval
+from flwr_byz.runs.report import interval, pyplot, save_figure, value
+from flwr_byz.runs.store import Run
 
-logger = logging.getLogger("flwr_byz.tradeoff")
-
-COLUMNS = ("aggregation", "tau", "seed", "max_accuracy", "seconds", "sf_seconds", "runtime_ratio")
+SPEC = "appendix-a-tradeoff"
 
 
-class Runs:
-    """The study's runs on ``nodes`` nodes: each run once (a complete results file is read, not rerun), after one
-    untimed warm-up run in this process (a process's first run pays one-off costs: lazy imports, first kernels)."""
-
-    def __init__(self, nodes: int) -> None:
-        self.nodes, self.warm = nodes, False
-
-    def __call__(self, settings: RunSettings) -> tuple[float, float]:
-        """``(max test accuracy, seconds)`` of the run."""
-        if not is_complete(settings):
-            if not self.warm:
-                with tempfile.TemporaryDirectory() as tmp:
-                    run(dataclasses.replace(settings, attack="jump", jump_tau=1, rounds=2, results_dir=tmp),
-                        nodes=self.nodes)
-                self.warm = True
-            run(settings, nodes=self.nodes)
-        path = results_path(settings)
-        _, rows = read_run(path)
-        footer = json.loads(path.read_text().splitlines()[-1])
-        return max(r["test-accuracy"] for r in rows), float(footer["seconds"])
+def _pair(settings: dict[str, Any]) -> str:
+    """What a JUMP run and its SF run share: every setting but the attack's and where they are stored."""
+    return repr(sorted((k, v) for k, v in settings.items()
+                       if not k.startswith(("attack", "jump-")) and k != "results-dir"))
 
 
-def study(out: Path, aggregations: tuple[str, ...] = ("nnm+cm", "nnm+gm"), taus: tuple[int, ...] = (1, 4, 16, 32),
-          seeds: tuple[int, ...] = (1, 2, 3, 4, 5), rounds: int | None = None, nodes: int = 15, f: int = 3,
-          eval_every: int = 10) -> tuple[Path, list[dict[str, object]]]:
-    """Every run, ``out/tradeoff.csv`` (one row per run), ``out/tradeoff_summary.csv`` (mean and 95%
-    Student-t interval over seeds) and ``out/tradeoff.png``."""
+def rows_of(runs: list[Run]) -> list[dict[str, Any]]:
+    """A row per JUMP run that has an SF run of the same settings: its maximal test accuracy, seconds, the SF
+    run's seconds and their ratio; by aggregation, seed and tau."""
+    sf = {_pair(s): float(footer["seconds"]) for s, _, footer in runs if s["attack"] == "sf"}
+    out = []
+    for settings, rows, footer in runs:
+        if settings["attack"] != "jump" or _pair(settings) not in sf:
+            continue
+        seconds, sf_seconds = float(footer["seconds"]), sf[_pair(settings)]
+        out.append({"aggregation": settings["aggregation"], "tau": settings["jump-tau"], "seed": settings["seed"],
+                    "max_accuracy": value(rows, "test-accuracy", "max"), "seconds": seconds,
+                    "sf_seconds": sf_seconds, "runtime_ratio": seconds / sf_seconds})
+    return sorted(out, key=lambda r: (r["aggregation"], r["seed"], r["tau"]))
+
+
+def write(out: Path, runs: list[Run]) -> tuple[Path, list[dict[str, Any]]]:
+    """``out/tradeoff.csv`` (a row per JUMP run), ``out/tradeoff_summary.csv`` (mean and 95% Student-t
+    interval over seeds) and ``out/tradeoff.png`` of the finished ``runs``; the first's path and the summary."""
+    rows = rows_of(runs)
+    if not rows:
+        raise ValueError("no finished JUMP run with a finished SF run of the same settings: nothing to compare")
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, object]] = []
-    finished = Runs(nodes)
-    for aggregation in aggregations:
-        for seed in seeds:
-            base = RunSettings(task="mnist-logreg", aggregation=aggregation, num_byzantine=f, seed=seed, rounds=rounds,
-                               eval_every=eval_every, results_dir=str(out / "runs"))
-            _, sf_seconds = finished(dataclasses.replace(base, attack="sf"))
-            for tau in taus:
-                accuracy, seconds = finished(dataclasses.replace(base, attack="jump", jump_tau=tau))
-                rows.append({"aggregation": aggregation, "tau": tau, "seed": seed, "max_accuracy": accuracy,
-                             "seconds": seconds, "sf_seconds": sf_seconds, "runtime_ratio": seconds / sf_seconds})
-                logger.info("%s tau=%d seed=%d: max accuracy %.4f, %.1f s (%.1fx SF)", aggregation, tau, seed,
-                            accuracy, seconds, seconds / sf_seconds)
     path = out / "tradeoff.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
     summary = summarise(rows)
-    with (out / "tradeoff_summary.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(summary[0]))
-        writer.writeheader()
-        writer.writerows(summary)
+    for table, name in ((rows, path), (summary, out / "tradeoff_summary.csv")):
+        with name.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
     plot(summary, out / "tradeoff.png")
     return path, summary
 
 
-def summarise(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (aggregation, tau): mean and 95% half-width of the maximal accuracy and the runtime ratio."""
     out = []
-    for key in dict.fromkeys((r["aggregation"], r["tau"]) for r in rows):
+    for key in sorted(dict.fromkeys((r["aggregation"], r["tau"]) for r in rows)):
         group = [r for r in rows if (r["aggregation"], r["tau"]) == key]
         accuracy = interval([float(r["max_accuracy"]) for r in group])
         ratio = interval([float(r["runtime_ratio"]) for r in group])
@@ -93,13 +70,9 @@ def summarise(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     return out
 
 
-def plot(summary: list[dict[str, object]], path: Path) -> Path:
+def plot(summary: list[dict[str, Any]], path: Path) -> Path:
     """Figure 4's layout: per aggregation, maximal accuracy (left axis) and runtime ratio to SF (right) vs tau."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     aggregations = list(dict.fromkeys(r["aggregation"] for r in summary))
     fig, axes = plt.subplots(1, len(aggregations), figsize=(5.5 * len(aggregations), 4), squeeze=False)
     for ax, aggregation in zip(axes[0], aggregations):
@@ -118,6 +91,4 @@ def plot(summary: list[dict[str, object]], path: Path) -> Path:
         ax.set_title(f"{aggregation}, mnist-logreg")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -55,5 +55,5 @@ def main(grid: Grid, context: Context) -> None:
     name = f"{config['attack']}_f{config['num-byzantine']}_s{config['seed']}.pt"
     torch.save({"rounds": strategy.seen, "byzantine": sorted(adversary.byzantine), "nodes": n,
                 "metrics": {k: dict(v) for k, v in adversary.train_metrics.items()},
-                "ranks": {node: role.rank for node, role in adversary.roles.items()}},
+                "ranks": {node: role.rank for node, role in adversary.roles.items() if role is not None}},
                Path(os.environ["USERAPP_PROBE_DIR"]) / name)
