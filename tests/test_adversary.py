@@ -12,8 +12,8 @@ from flwr_byz.flower import DefendedRule, RobustStrategy, defended_rule
     (FedMedian(), DefendedRule("cm", 0)),
     (FedTrimmedAvg(beta=0.2), DefendedRule("tm", 2)),
     (Krum(num_malicious_nodes=2), DefendedRule("krum", 2)),
-    (MultiKrum(num_malicious_nodes=2, num_nodes_to_select=4), DefendedRule("multikrum", 2, {"select": 4})),
-    (FedAvg(), DefendedRule("mean", 0)),
+    (MultiKrum(num_malicious_nodes=2, num_nodes_to_select=4), DefendedRule("multikrum", 2, {"select": 4}, weighted=True)),
+    (FedAvg(), DefendedRule("mean", 0, weighted=True)),
     (Bulyan(num_malicious_nodes=1), DefendedRule("bulyan", 1, {"selection": "multikrum"})),
 ])
 def test_flower_builtins_map_to_their_rules(strategy, expected):

@@ -59,7 +59,9 @@ class JumpObjective:
     chunked so that one call materialises at most ``max_batch_elems`` entries.
     Each distinct aggregate (byte for byte) is scored once per step, within and across
     calls (saturated rules give one aggregate for many lambdas; refinements revisit
-    them): aggregates are kept, indexed by a :func:`fingerprint` of a strided sample. Scoring uses
+    them): aggregates are kept, indexed by a :func:`fingerprint` of a strided sample, and a lambda scored
+    before is not aggregated again (a batched aggregation need not give the same bits in batches of other
+    sizes, so a recomputed aggregate could escape the byte comparison). Scoring uses
     ``ctx.screening_loss`` when given (a cheaper estimate of ``L_H``: a sub-sample,
     reduced precision), else ``ctx.honest_loss``; :meth:`best` rescores the best
     screened aggregates with ``L_H``. NaN losses count as ``-inf``.
@@ -86,6 +88,7 @@ class JumpObjective:
         self.chunk = max(1, max_batch_elems // (rows * honest.shape[1]))
         self.spread = relative_spread(honest)
         self.scored: dict[bytes, list[Scored]] = {}  # by fingerprint
+        self.by_lambda: dict[float, Scored] = {}
         self.evals = 0
         self.calls = 0
         self.finalists = 0
@@ -141,20 +144,22 @@ class JumpObjective:
         return np.nan_to_num(out, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
 
     def _score(self, lams: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            aggregates = self._aggregate(torch.as_tensor(lams))
-        entries: list[Scored] = []
+        todo = [lam for lam in dict.fromkeys(lams.tolist()) if lam not in self.by_lambda]
         new: list[Scored] = []
-        for lam, aggregate in zip(lams.tolist(), aggregates, strict=True):
-            same = self.scored.setdefault(fingerprint(aggregate), [])
-            entry = next((s for s in same if torch.equal(bits(s.aggregate), bits(aggregate))), None)
-            if entry is None:
-                entry = Scored(lam, aggregate)
-                same.append(entry)
-                new.append(entry)
-            elif abs(lam) < abs(entry.lam):
-                entry.lam = lam
-            entries.append(entry)
+        if todo:
+            with torch.no_grad():
+                aggregates = self._aggregate(torch.tensor(todo, dtype=torch.float64))
+            for lam, aggregate in zip(todo, aggregates, strict=True):
+                same = self.scored.setdefault(fingerprint(aggregate), [])
+                entry = next((s for s in same if torch.equal(bits(s.aggregate), bits(aggregate))), None)
+                if entry is None:
+                    entry = Scored(lam, aggregate)
+                    same.append(entry)
+                    new.append(entry)
+                elif abs(lam) < abs(entry.lam):
+                    entry.lam = lam
+                self.by_lambda[lam] = entry
+        entries = [self.by_lambda[lam] for lam in lams.tolist()]
         if new:
             rows = aggregates if len(new) == len(aggregates) else torch.stack([s.aggregate for s in new])
             values = self._losses(rows, self.screen or self.loss)
