@@ -254,13 +254,6 @@ def completed_results(folder: Path) -> list[Path]:
     return files
 
 
-def test_installed_stress_on_the_engine(installed, tmp_path):
-    out = run(installed, str(installed["bin"] / "flwr-byz"), *STRESS, "--executor", "engine",
-              "--out", str(tmp_path / "out"), out_dir=tmp_path)
-    files = completed_results(tmp_path / "out")
-    assert len(files) == 1 and "sf" in files[0].name, out.stdout
-
-
 @pytest.mark.flower
 def test_installed_stress_through_flwr_run(installed, tmp_path):
     out = run(installed, str(installed["bin"] / "flwr-byz"), *STRESS, "--out", str(tmp_path / "out"), out_dir=tmp_path)
@@ -270,7 +263,8 @@ def test_installed_stress_through_flwr_run(installed, tmp_path):
 
 def test_installed_sweep_of_the_packaged_smoke_spec_by_name(installed, tmp_path):
     """`flwr-byz sweep smoke`: the spec named ``smoke`` is the wheel's ``flower/paper/app/sweeps/smoke.toml``
-    (the working folder is empty, so no local file can answer to that name); made smoke-sized with --set."""
+    (the working folder is empty, so no local file can answer to that name); made smoke-sized with --set. Its runs
+    go through the engine (on Ray), the main job above through `flwr run`: both paths of the installed package."""
     assert (installed["purelib"] / APP_IN_WHEEL / "sweeps" / "smoke.toml").is_file()
     out = run(installed, str(installed["bin"] / "flwr-byz"), "sweep", "smoke", "--out", str(tmp_path / "sweep"),
               "--set", "rounds=2", "seed=[1]", 'attack=["sf"]', "num-byzantine=[1]", "eval-every=1", out_dir=tmp_path)
