@@ -28,7 +28,8 @@ def honest_partitions(settings: RunSettings, num_honest: int) -> tuple[Task, Ten
             raise ValueError(f"toy2d has exactly {len(x)} honest workers, got n - f = {num_honest}")
         parts = tuple(torch.arange(len(x)).reshape(num_honest, -1).numpy())
     else:
-        parts = tuple(partition(y.numpy(), num_honest, settings.alpha_or_iid, settings.seed))
+        parts = tuple(partition(y.numpy(), num_honest, settings.alpha_or_iid, settings.seed,
+                                     scheme=settings.partition))
     return task, x, y, parts
 
 

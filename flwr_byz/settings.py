@@ -23,6 +23,7 @@ import torch
 from flwr_byz.aggregation import Aggregation, get_aggregator
 from flwr_byz.attacks import ATTACKS, Attack, get_attack
 from flwr_byz.tasks import TASKS, LossSampling, WorkerConfig, get_task, lr_at
+from flwr_byz.tasks.partition import SCHEMES as PARTITION_SCHEMES
 
 AUTO = "auto"
 PLANNED_ATTACKS = ("solve-p",)  # attacks that only the in-process engine can run (flwr_byz.engine.planning)
@@ -113,7 +114,8 @@ class RunSettings:
     ``num-byzantine`` is the number of Byzantine nodes in the run (the last partition ids);
     ``aggregation-f`` the f the defence assumes (``auto``: ``num-byzantine``).
     ``aggregation-params`` / ``attack-params``: ``"key=value, ..."`` for the rule's stages / the attack.
-    ``alpha <= 0`` means IID data; ``clip = 0`` no clipping; ``lr-milestone = 0`` a constant
+    ``alpha <= 0`` means IID data, ``partition`` how the Dirichlet(``alpha``) label skew is drawn
+    (``per-class`` or ``per-worker``, :func:`flwr_byz.tasks.partition`); ``clip = 0`` no clipping; ``lr-milestone = 0`` a constant
     step, otherwise ``lr * lr-gamma`` from round ``lr-milestone + 1`` on; ``eval-size = 0``
     the whole test set; empty ``results-dir`` / ``data-dir`` the defaults. JUMP scores its
     candidates on ``jump-screen-size`` honest examples (0: no screening) in
@@ -135,6 +137,7 @@ class RunSettings:
     jump_screen_size: int | None = None
     jump_screen_precision: str = "float32"
     alpha: float = 0.1
+    partition: str = "per-class"
     seed: int = 1
     rounds: int | None = None
     lr: float | None = None
@@ -167,6 +170,8 @@ class RunSettings:
             raise ValueError(f"num-byzantine must be >= 0, got {self.num_byzantine}")
         if self.attack != "none" and self.attack not in ATTACKS and self.attack not in PLANNED_ATTACKS:
             raise ValueError(f"unknown attack {self.attack!r}; valid: none, {', '.join([*ATTACKS, *PLANNED_ATTACKS])}")
+        if self.partition not in PARTITION_SCHEMES:
+            raise ValueError(f"unknown partition {self.partition!r}; valid: {', '.join(PARTITION_SCHEMES)}")
         if self.jump_tau < 1:
             raise ValueError(f"jump-tau must be at least 1, got {self.jump_tau}")
         self.aggregator()  # unknown names and parameters a stage rejects fail here

@@ -132,7 +132,7 @@ def test_mimic_warmup_then_top_direction() -> None:
     assert torch.equal(attack(honest, ctx), honest[0])
     assert torch.equal(attack(honest, ctx), honest[0])
     assert attack.z is not None and abs(float(attack.z[0])) > 0.999  # type: ignore[attr-defined]
-    assert torch.equal(attack(honest, ctx), honest[3]) and attack.metrics == {"mimic-target": 3.0}
+    assert torch.equal(attack(honest, ctx), honest[3]) and attack.metrics["mimic-target"] == 3.0
     attack.reset()
     assert torch.equal(attack(honest, ctx), honest[0])
 
@@ -209,3 +209,18 @@ def test_no_input_mutation_and_dtype_kept(name: str, dtype: torch.dtype) -> None
     out = get_attack(name)(honest, ctx)
     assert out.shape == (4,) and out.dtype == dtype
     assert all(torch.equal(a, b) for a, b in zip((honest, params, flipped), before, strict=True))
+
+
+def test_every_attack_reports_the_honest_spread():
+    """``honest-spread`` = max_i ||g_i - gbar|| / ||gbar||: for g = (1, 0), (3, 0), gbar = (2, 0), it is 1 / 2;
+    with gbar = 0 it is infinite (every lambda gbar is the same point)."""
+    from flwr_byz.attacks import ATTACKS
+
+    honest = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    for name in ("sf", "alie", "minsum", "gaussian"):
+        attack = ATTACKS[name]()
+        attack(honest, AttackContext(n=3, f=1, generator=torch.Generator().manual_seed(0)))
+        assert attack.metrics["honest-spread"] == 0.5, name
+    attack = ATTACKS["sf"]()
+    attack(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), AttackContext(n=3, f=1))
+    assert attack.metrics["honest-spread"] == float("inf")

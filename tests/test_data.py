@@ -193,3 +193,19 @@ def test_partition_min_size_and_errors() -> None:
         partition(LABELS[:5], 6, None, seed=0)
     with pytest.raises(ValueError, match="alpha"):
         partition(LABELS, 3, 0.0, seed=0)
+
+
+def test_per_worker_partition_gives_each_worker_its_own_class_mix_of_equal_size() -> None:
+    """Hsu et al.'s scheme: worker i draws q_i ~ Dir(alpha 1) and n // h examples, round(q_i n / h) of each class
+    (no example twice within a worker); strong skew at alpha 0.1, near-uniform mixes at alpha 100; seeded."""
+    parts = partition(LABELS, 12, 0.1, seed=1, scheme="per-worker")
+    assert [len(p) for p in parts] == [250] * 12 and all(len(np.unique(p)) == 250 for p in parts)
+    rng = np.random.default_rng(1)
+    q = rng.dirichlet(np.full(10, 0.1))  # worker 0's draw, as the scheme makes it
+    counts = np.round(q * 250).astype(int)
+    counts[np.argmax(q)] += 250 - counts.sum()
+    np.testing.assert_array_equal(np.bincount(LABELS[parts[0]], minlength=10), counts)
+    assert max_class_share(parts) > 0.5 > max_class_share(partition(LABELS, 12, 100.0, 1, scheme="per-worker"))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, partition(LABELS, 12, 0.1, 1, scheme="per-worker")))
+    with pytest.raises(ValueError, match="unknown partition scheme 'per-node'; valid: per-class, per-worker"):
+        partition(LABELS, 12, 0.1, 1, scheme="per-node")

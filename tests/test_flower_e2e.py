@@ -91,7 +91,7 @@ def test_adversary_hook_around_a_flower_builtin_feeds_byzantine_nodes_the_honest
             torch.testing.assert_close(replies[node], theta + gamma * honest.mean(0), rtol=0, atol=1e-6)
         assert len({shape for _, shape in seen["structure"]}) == 1, seen["structure"]
         assert seen["structure"][0][1][0] == "train"
-        assert set(probe["metrics"][server_round]) == {"train-loss", "attack-seconds"}
+        assert set(probe["metrics"][server_round]) == {"train-loss", "attack-seconds", "honest-spread"}
     attacks = [records for kind, _, records in probe["sent"] if kind == "train.attack"]
     assert sorted(map(tuple, attacks)) == sorted([("attack-config", "echo", "model", "train-config"),
                                                   ("attack-config", "honest", "model", "train-config")] * 2)  # 2 rounds

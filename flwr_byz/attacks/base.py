@@ -7,6 +7,7 @@ the ``f`` Byzantine vectors, all equal to the attack's output ``a``.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,12 +66,21 @@ class AttackContext:
         return self.n - self.f
 
 
+def relative_spread(honest: Tensor) -> float:
+    """``max_i ||g_i - gbar|| / ||gbar||`` of honest vectors ``(h, d)``: the copies ``lambda gbar`` sit among
+    them for ``|lambda - 1| <= spread`` (``inf`` when ``gbar = 0``)."""
+    gbar = honest.mean(0)
+    norm = float(gbar.norm())
+    return float((honest - gbar).norm(dim=1).max()) / norm if norm > 0 else math.inf
+
+
 class Attack(ABC):
     """A Byzantine strategy: ``attack(honest, ctx) -> a``, sent by all ``f`` Byzantine nodes.
 
     ``honest`` is the ``(h, d)`` stack of honest vectors; the result is a ``(d,)``
     tensor of the same dtype and device; ``honest`` is never modified.
-    ``metrics`` holds scalars describing the last call (possibly none). ``shared``: every
+    ``metrics`` holds scalars describing the last call, at least ``honest-spread`` (:func:`relative_spread`
+    of the honest vectors: where SF, MinSum and JUMP's copies ``lambda gbar`` sit among them). ``shared``: every
     Byzantine node would compute the same vector (deterministic in the honest vectors and
     the context), so a simulation computes it once per round; attacks with per-node
     randomness, data or state set it to False. ``needs_loss``: the attack scores candidates with
@@ -93,7 +103,9 @@ class Attack(ABC):
                 f"{self.name}: expected the (h, d) = ({ctx.h}, d) honest vectors, got shape {tuple(honest.shape)}"
             )
         self.metrics = {}
-        return self._attack(honest, ctx)
+        vector = self._attack(honest, ctx)
+        self.metrics["honest-spread"] = relative_spread(honest)
+        return vector
 
     @abstractmethod
     def _attack(self, honest: Tensor, ctx: AttackContext) -> Tensor:

@@ -11,17 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flwr_byz.attacks.base import Attack, AttackContext, HonestLoss
+from flwr_byz.attacks.base import Attack, AttackContext, HonestLoss, relative_spread
 from flwr_byz.attacks.line_search import SOLVERS
 from flwr_byz.attacks.span import span_aggregation
-
-
-def relative_spread(honest: Tensor) -> float:
-    """``max_i ||g_i - gbar|| / ||gbar||`` of honest vectors ``(h, d)``: the copies ``lambda gbar`` sit among
-    them for ``|lambda - 1| <= spread`` (``inf`` when ``gbar = 0``)."""
-    gbar = honest.mean(0)
-    norm = float(gbar.norm())
-    return float((honest - gbar).norm(dim=1).max()) / norm if norm > 0 else math.inf
 
 
 FINGERPRINT_STRIDE = 64  # an aggregate's fingerprint hashes every 64th entry; equal fingerprints are compared whole

@@ -35,7 +35,7 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from flwr_byz.attacks.base import HonestLoss
-from flwr_byz.attacks.jump import relative_spread
+from flwr_byz.attacks.base import relative_spread
 from flwr_byz.attacks.line_search import SOLVERS, GlobalSearch
 from flwr_byz.dsgd import reply_order
 from flwr_byz.settings import RunSettings, parse_params
