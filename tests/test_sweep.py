@@ -244,7 +244,8 @@ def test_killing_a_sweep_midway_and_resuming_loses_and_duplicates_nothing(tmp_pa
 
 
 def _ray_processes() -> list[str]:
-    """Command lines of live Ray processes started under /tmp/flwr-byz-ray-* (this suite's sweeps)."""
+    """Command lines of live Ray processes started under /tmp/flwr-byz-ray-* by this test's Python environment
+    (this suite's sweeps, not another checkout's running on the same machine)."""
     time.sleep(2)
     found = []
     for proc in Path("/proc").iterdir():
@@ -253,7 +254,7 @@ def _ray_processes() -> list[str]:
                 cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "flwr-byz-ray-" in cmdline and ("raylet" in cmdline or "gcs_server" in cmdline
+            if "flwr-byz-ray-" in cmdline and sys.prefix in cmdline and ("raylet" in cmdline or "gcs_server" in cmdline
                                                or "default_worker" in cmdline):
                 found.append(cmdline[:120])
     return found
