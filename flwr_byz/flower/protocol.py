@@ -83,8 +83,9 @@ class NodeRole:
         if reply.has_error():
             unwrapped = f"No {MessageType.QUERY} function registered" in reply.error.reason
             raise RuntimeError(f"role query failed on node {node}: {reply.error.reason}" + (
-                ". Every node must run a Byzantine-capable ClientApp: flwr_byz's (flwr_byz.flower:app), or yours "
-                "wrapped with `app = flwr_byz.flower.byzantine(app)` at the end of your client_app.py"
+                ". Every node must run a Byzantine-capable ClientApp: the paper's "
+                "(flwr_byz.flower.paper.client_app:app), or yours wrapped with "
+                "`app = flwr_byz.flower.byzantine(app)` at the end of your client_app.py"
                 if unwrapped else ""))
         record = reply.content.config_records.get(ROLE_RECORD)
         if record is None:
