@@ -116,8 +116,7 @@ class ByzantineClientApp(ClientApp):
     def _role(self, msg: Message, context: Context) -> Message:
         """This node's :class:`NodeRole`."""
         adversary, role = self._run(context)
-        if ATTACKS.get(adversary.attack) is not None and ATTACKS[adversary.attack].needs_flipped \
-                and self.label_transform is None:
+        if adversary.attacking and ATTACKS[adversary.attack].needs_flipped and self.label_transform is None:
             raise ValueError(f"attack {adversary.attack!r} trains your model on flipped labels, and only your code "
                              "sees your labels: wrap with byzantine(app, label_transform=lambda y: ...) and pass "
                              "your training labels through flwr_byz.flower.labels(y)")
