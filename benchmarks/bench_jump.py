@@ -116,7 +116,7 @@ def run(s: Setting, spec: str, attack_name: str, params: dict[str, object], samp
 def setting(task: Task, honest: int, f: int, alpha: float | None, seed: int, probe: int = 4096) -> Setting:
     """Seeded partition of the MNIST training set over the honest workers, ``probe`` of their points, the test set."""
     x, y = task.load("train")
-    parts = partition(y, honest, alpha, seed)
+    parts = partition(y, honest, alpha, seed, scheme="per-worker")  # the paper app's default
     union = torch.as_tensor(np.concatenate(parts))
     picked = union[torch.randperm(len(union), generator=seeded_generator(seed, "probe"))[:probe]]
     return Setting(

@@ -16,14 +16,18 @@
    (search + aggregations + losses), in this process at ``--threads`` torch threads
    (1, as in a Flower node), next to one SF round's compute (12 honest steps + the
    aggregation) measured in the same run.
-2. Curves (``--curves``): short runs under today's and the new default solver for
-   each seed, test accuracy every ``--curve-every`` rounds, and the seed-to-seed
-   spread to compare the gap with.
+2. Whole-run damage (``--curves``): whole runs under each of ``--curve-variants``
+   for each seed, test accuracy every ``--curve-every`` rounds; a variant's damage
+   is its accuracy deficit against the first variant averaged over the run, paired
+   by seed, and a variant that damages less than the first by more than two paired
+   standard errors is flagged. One-step damage (1.) cannot see a search that wins
+   each step but lets the model recover over the run; this check can.
 
 Variants: ``today`` (the search before issue 8: global search, every candidate on a
 1024-example oracle), then the levers added one at a time (``+...``), ``sample-64``
 (every candidate and the answer on 64 examples: the sample's effect on damage) and
-``default`` (the settings' defaults, with the task's ``jump_sample``).
+``default`` (the settings' defaults, with the task's ``jump_sample``), ``powell`` (the
+paper's solver) and ``global-2048`` (the default search on an 8x larger oracle sample).
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ VARIANTS: dict[str, Variant] = {
     "+bf16-screen": Variant({"rounds": 4, "splits": 2, "finalists": 2}, sampled(512, 64, "bfloat16")),
     "sample-64": Variant({"rounds": 4, "splits": 2}, sampled(64)),
     "default": Variant(),
+    "powell": Variant({"solver": "powell"}),  # the paper's solver: Powell from lambda = 1
+    "global-2048": Variant({}, sampled(2048, 256)),  # the default search on an 8x larger oracle sample
 }
 
 
@@ -239,14 +245,20 @@ def replay(args: argparse.Namespace, settings: RunSettings) -> None:
 
 
 def curves(args: argparse.Namespace, settings: RunSettings) -> None:
-    """Test accuracy along short runs under today's and the default solver, per seed."""
+    """Whole-run damage: the same runs under each ``--curve-variants`` JUMP, per seed, test accuracy every
+    ``--curve-every`` rounds. A variant's damage is its accuracy deficit against the first variant (the
+    reference) averaged over the evaluated rounds (the area between the curves), paired by seed; a variant
+    that leaves the model more than two paired standard errors better off than the reference is flagged."""
     task = get_task(settings.task)
     x, y = task.load("test")
     checkpoints = list(range(args.curve_every, args.curve_rounds + 1, args.curve_every))
-    table: dict[str, list[list[float]]] = {}
-    for name in ("today", "default"):
-        variant = VARIANTS[name]
-        for seed in (int(s) for s in args.curves.split(",")):
+    names, seeds = args.curve_variants.split(","), [int(s) for s in args.curves.split(",")]
+    table: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    for name in names:
+        variant, rows = VARIANTS[name], []
+        start = time.perf_counter()
+        for seed in seeds:
             run = dataclasses.replace(variant.of(settings), seed=seed)
             model, accuracy = task.build_model(), []
             layout = FlatLayout.of(model.state_dict())
@@ -255,14 +267,27 @@ def curves(args: argparse.Namespace, settings: RunSettings) -> None:
                 if state.round in checkpoints:
                     model.load_state_dict(layout.unflatten(state.params))
                     accuracy.append(task.evaluate(model, x, y)[1])
-            table.setdefault(name, []).append(accuracy)
-            print(f"{name:<8} seed {seed}: " + " ".join(f"{a:.3f}" for a in accuracy), flush=True)
-    today, default = np.array(table["today"]), np.array(table["default"])
-    print(f"\ntest accuracy at rounds {checkpoints} (mean over seeds)")
-    print("today   " + " ".join(f"{a:.3f}" for a in today.mean(0)))
-    print("default " + " ".join(f"{a:.3f}" for a in default.mean(0)))
-    print("gap     " + " ".join(f"{a:+.3f}" for a in default.mean(0) - today.mean(0)))
-    print("seed sd " + " ".join(f"{a:.3f}" for a in today.std(0, ddof=1)))
+            rows.append(accuracy)
+            print(f"{name:<10} seed {seed}: " + " ".join(f"{a:.3f}" for a in accuracy), flush=True)
+        table[name], seconds[name] = np.array(rows), (time.perf_counter() - start) / len(seeds)
+    reference = names[0]
+    print(f"\n{settings.task}, {settings.aggregation}, {settings.partition}, seeds {seeds}: test accuracy at rounds "
+          f"{checkpoints} (mean over seeds); whole-run damage against {reference!r}")
+    print(f"{'variant':<10}{'s/run':>8}{'mean acc':>10}{'best acc':>10}{'vs ref':>9}{'paired se':>10}  curve")
+    flagged = []
+    for name in names:
+        acc = table[name]
+        gap = (acc - table[reference]).mean(1)  # per seed: accuracy above the reference's, over the whole run
+        se = gap.std(ddof=1) / np.sqrt(len(seeds)) if len(seeds) > 1 else float("nan")
+        if name != reference and gap.mean() > 2 * se:
+            flagged.append(name)
+        print(f"{name:<10}{seconds[name]:>8.0f}{acc.mean():>10.3f}{acc.max(1).mean():>10.3f}{gap.mean():>+9.3f}"
+              f"{se:>10.3f}  " + " ".join(f"{a:.3f}" for a in acc.mean(0)))
+    for name in flagged:
+        print(f"WARNING: {name!r} damages less than {reference!r} over the whole run (accuracy "
+              f"{(table[name] - table[reference]).mean():+.3f} above it, more than two paired standard errors)")
+    if flagged:
+        raise SystemExit(1)
 
 
 def main() -> None:
@@ -280,7 +305,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--levers", action=argparse.BooleanOptionalAction, default=True,
                     help="time the exact levers against what they replaced")
-    ap.add_argument("--curves", default="", help="comma-separated seeds: also compare accuracy curves")
+    ap.add_argument("--curves", default="", help="comma-separated seeds: also compare whole runs (accuracy curves)")
+    ap.add_argument("--curve-variants", default="default,powell,today",
+                    help="variants of the whole-run check, the first one the reference")
     ap.add_argument("--curve-rounds", type=int, default=30)
     ap.add_argument("--curve-every", type=int, default=5)
     args = ap.parse_args()

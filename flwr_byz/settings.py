@@ -137,7 +137,7 @@ class RunSettings:
     jump_screen_size: int | None = None
     jump_screen_precision: str = "float32"
     alpha: float = 0.1
-    partition: str = "per-class"
+    partition: str = "per-worker"
     seed: int = 1
     rounds: int | None = None
     lr: float | None = None

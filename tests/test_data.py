@@ -168,31 +168,32 @@ def max_class_share(parts: list[np.ndarray]) -> float:
 
 @pytest.mark.parametrize("alpha", [None, 0.1, 1.0, 10.0])
 def test_partition_is_a_seeded_cover(alpha: float | None) -> None:
-    parts = partition(LABELS, 12, alpha, seed=1)
+    parts = partition(LABELS, 12, alpha, seed=1, scheme="per-class")
     assert len(parts) == 12 and all(len(p) >= 10 for p in parts)
     np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
-    again = partition(torch.from_numpy(LABELS), 12, alpha, seed=1)
+    again = partition(torch.from_numpy(LABELS), 12, alpha, seed=1, scheme="per-class")
     assert all(np.array_equal(a, b) for a, b in zip(parts, again))
-    other = partition(LABELS, 12, alpha, seed=2)
+    other = partition(LABELS, 12, alpha, seed=2, scheme="per-class")
     assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
 
 
 def test_partition_iid_and_skew() -> None:
-    sizes = [len(p) for p in partition(LABELS, 7, None, seed=0)]
+    sizes = [len(p) for p in partition(LABELS, 7, None, seed=0, scheme="per-class")]
     assert max(sizes) - min(sizes) <= 1
-    assert max_class_share(partition(LABELS, 12, 0.1, seed=0)) > 0.5 > max_class_share(partition(LABELS, 12, 10.0, 0))
-    assert max_class_share(partition(LABELS, 12, None, seed=0)) < 0.25
+    skewed, mild = (partition(LABELS, 12, alpha, seed=0, scheme="per-class") for alpha in (0.1, 10.0))
+    assert max_class_share(skewed) > 0.5 > max_class_share(mild)
+    assert max_class_share(partition(LABELS, 12, None, seed=0, scheme="per-class")) < 0.25
 
 
 def test_partition_min_size_and_errors() -> None:
-    assert min(len(p) for p in partition(LABELS, 12, 0.1, seed=2, min_partition_size=0)) < 60
-    assert min(len(p) for p in partition(LABELS, 12, 0.1, seed=2, min_partition_size=60)) >= 60  # redrawn
+    assert min(len(p) for p in partition(LABELS, 12, 0.1, seed=2, min_partition_size=0, scheme="per-class")) < 60
+    assert min(len(p) for p in partition(LABELS, 12, 0.1, seed=2, min_partition_size=60, scheme="per-class")) >= 60  # redrawn
     with pytest.raises(ValueError, match="min_partition_size"):
-        partition(LABELS, 12, 1.0, seed=0, min_partition_size=251)
+        partition(LABELS, 12, 1.0, seed=0, min_partition_size=251, scheme="per-class")
     with pytest.raises(ValueError, match="num_partitions"):
-        partition(LABELS[:5], 6, None, seed=0)
+        partition(LABELS[:5], 6, None, seed=0, scheme="per-class")
     with pytest.raises(ValueError, match="alpha"):
-        partition(LABELS, 3, 0.0, seed=0)
+        partition(LABELS, 3, 0.0, seed=0, scheme="per-class")
 
 
 def test_per_worker_partition_gives_each_worker_its_own_class_mix_of_equal_size() -> None:

@@ -16,7 +16,8 @@ def partition(
     alpha: float | None,
     seed: int,
     min_partition_size: int | None = None,
-    scheme: str = "per-class",
+    *,
+    scheme: str,
 ) -> list[np.ndarray]:
     """Sorted index arrays of ``num_partitions`` parts.
 
