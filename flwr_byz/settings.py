@@ -58,7 +58,8 @@ def settings_key(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
-ADVERSARY_KEYS: dict[str, Any] = {"attack": "none", "num-byzantine": 0, "attack-params": "", "seed": 0}
+ADVERSARY_KEYS: dict[str, Any] = {"attack": "none", "num-byzantine": 0, "attack-params": "", "seed": 0,
+                                  "loss-key": ""}
 """The run-config keys of every Byzantine-capable ClientApp (``byzantine(app)``, the paper app), with their
 defaults: a key an app does not declare keeps its default."""
 
@@ -68,12 +69,14 @@ class Adversary:
     """What a run config asks of the Byzantine nodes: the attack (a name of :data:`flwr_byz.attacks.ATTACKS` or
     ``none``: the Byzantine nodes stay silent) with its ``attack-params`` (``"key=value, ..."``, e.g.
     ``"solver=powell"`` for JUMP), ``num-byzantine`` (the last partition ids; 0: an honest run, in which no node
-    answers the adversary protocol) and the ``seed`` of the attack's randomness."""
+    answers the adversary protocol), the ``seed`` of the attack's randomness (and of the hook's reply order) and
+    ``loss-key``: the evaluate metric JUMP maximises on a wrapped app (empty: the one metric named ``*loss*``)."""
 
     attack: str = "none"
     num_byzantine: int = 0
     attack_params: str = ""
     seed: int = 0
+    loss_key: str = ""
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> Adversary:
@@ -84,7 +87,7 @@ class Adversary:
             if type(values[key]) is not type(default):
                 raise ValueError(f"run config {key}={values[key]!r}: expected {type(default).__name__}")
         adversary = cls(str(values["attack"]).lower(), int(values["num-byzantine"]), str(values["attack-params"]),
-                        int(values["seed"]))
+                        int(values["seed"]), str(values["loss-key"]))
         adversary.check()
         return adversary
 

@@ -123,7 +123,8 @@ class ByzantineClientApp(ClientApp):
         attacking = role.byzantine and adversary.attacking
         return NodeRole(role.byzantine, role.partition_id, attacking and ATTACKS[adversary.attack].shared,
                         adversary.attack, adversary.attack_params,
-                        LOCAL_ORACLE if self.oracle is not None else HONEST_ORACLE).reply_to(msg)
+                        LOCAL_ORACLE if self.oracle is not None else HONEST_ORACLE, adversary.seed,
+                        adversary.loss_key).reply_to(msg)
 
     def _attack(self, msg: Message, context: Context) -> Message:
         """The Byzantine reply to an attack request (JUMP without a local oracle: the hook's model, echoed)."""

@@ -60,7 +60,9 @@ class NodeRole:
     (``attack``, ``attack_params``: ``"key=value, ..."``) and where JUMP's honest loss comes
     from: the node's own copy of the honest data (``oracle="local"``, flwr_byz's ClientApp) or
     the honest nodes' evaluate handlers (``"honest-nodes"``, a wrapped user app: the hook then
-    runs the attack itself and the Byzantine nodes send its model)."""
+    runs the attack itself and the Byzantine nodes send its model). ``seed`` and ``loss_key`` are the run
+    config's (:class:`~flwr_byz.settings.Adversary`): the hook takes them from the nodes, so a user's server
+    code needs no plumbing."""
 
     byzantine: bool
     rank: int
@@ -68,10 +70,13 @@ class NodeRole:
     attack: str = "none"
     attack_params: str = ""
     oracle: str = LOCAL_ORACLE
+    seed: int = 0
+    loss_key: str = ""
 
     def reply_to(self, msg: Message) -> Message:
         record = ConfigRecord({"byzantine": self.byzantine, "rank": self.rank, "shared": self.shared,
-                               "attack": self.attack, "attack-params": self.attack_params, "oracle": self.oracle})
+                               "attack": self.attack, "attack-params": self.attack_params, "oracle": self.oracle,
+                               "seed": self.seed, "loss-key": self.loss_key})
         return Message(RecordDict({ROLE_RECORD: record}), reply_to=msg)
 
     @classmethod
@@ -94,7 +99,7 @@ class NodeRole:
                 "reply): wrap your ClientApp with `app = flwr_byz.flower.byzantine(app)`"
             )
         return cls(bool(record["byzantine"]), int(record["rank"]), bool(record["shared"]), str(record["attack"]),
-                   str(record["attack-params"]), str(record["oracle"]))
+                   str(record["attack-params"]), str(record["oracle"]), int(record["seed"]), str(record["loss-key"]))
 
 
 def retyped(msg: Message, content: RecordDict, message_type: str, group_id: str | None = None) -> Message:
