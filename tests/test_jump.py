@@ -99,8 +99,8 @@ def test_recovers_a_known_maximiser(solver: str, params: dict[str, int]) -> None
     assert attack.metrics["jump-lambda"] == pytest.approx(lam0, abs=1e-4)
     assert attack.metrics["jump-loss"] == pytest.approx(0.0, abs=1e-8)
     assert torch.equal(out, attack.metrics["jump-lambda"] * gbar)
-    assert set(attack.metrics) == {"jump-lambda", "jump-loss", "jump-evals", "jump-losses", "jump-calls", "jump-finalists",
-                                   "honest-spread"}
+    assert set(attack.metrics) == {"jump-lambda", "jump-loss", "jump-ties", "jump-flat", "jump-evals", "jump-losses",
+                                   "jump-calls", "jump-finalists", "honest-spread"}
 
 
 def test_tails_extend_to_the_cap_on_a_monotone_objective() -> None:
@@ -467,3 +467,49 @@ def test_piece_ends_land_on_the_top_of_the_best_tooth() -> None:
     assert lam == pytest.approx(best, abs=1e-8) and value == pytest.approx(heights.max(), abs=1e-8)
     blind_lam, blind = search(Sawtooth(breaks, heights, known=False), 4.0)
     assert blind < value - 1e-4  # multisection alone stops on a lower point of some tooth
+
+
+def deviation(honest: Tensor, ctx: AttackContext, lam: float) -> float:
+    """``||F(honest, lam gbar x f) - gbar||``: the damage a tie is broken by, computed with the rule itself."""
+    gbar = honest.mean(0)
+    return float((ctx.aggregator(torch.cat([honest, (lam * gbar).expand(ctx.f, -1)])) - gbar).norm())
+
+
+@pytest.mark.parametrize("solver", ["global", "powell"])
+@pytest.mark.parametrize("spec", ["mean", "nnm+cm"])
+def test_a_flat_loss_sends_the_farthest_aggregate_and_says_so(solver: str, spec: str) -> None:
+    """A constant honest loss ties every candidate: the tie goes to the aggregate farthest from gbar among
+    those scored (SF's lambda = -1, the honest copies' lambda = 1 and the flat probes included), and the
+    round's metrics say the loss was flat. Under the mean that is never lambda = 0 or 1 (an attack-free round)."""
+    honest, ctx = random_problem(3, spec, "softmax")
+    flat = AttackContext(**{**ctx.__dict__, "honest_loss": lambda theta: torch.full((len(theta),), 36.04,
+                                                                                     dtype=torch.float64)})
+    attack = get_attack("jump", solver=solver)
+    out = attack(honest, flat)
+    lam = attack.metrics["jump-lambda"]
+    assert attack.metrics["jump-flat"] == 1.0 and attack.metrics["jump-ties"] > 1
+    assert torch.equal(out, lam * honest.mean(0))
+    probes = [1.0, -1.0, -10.0, -100.0, -1e3, -1e4, -1e5, -1e6]
+    assert deviation(honest, ctx, lam) >= max(deviation(honest, ctx, p) for p in probes) - 1e-9
+    if spec == "mean":
+        assert abs(lam) >= 1e6  # the mean moves without bound: the farthest probe
+
+
+def test_a_saturated_loss_ties_at_the_cap_and_breaks_towards_the_farthest_aggregate() -> None:
+    """scikit-learn's log loss clips at 36.04: every lambda beyond a threshold scores the cap. Among the tied
+    candidates the farthest aggregate from gbar wins; under the mean the distance grows with |lambda - 1|."""
+    honest, ctx = random_problem(5, "mean", "softmax")
+    capped = AttackContext(**{**ctx.__dict__, "honest_loss": lambda theta: ctx.honest_loss(theta).clamp(max=2.0)})
+    assert float(capped.honest_loss((ctx.params - ctx.lr * -100 * honest.mean(0))[None])[0]) == 2.0  # at the cap
+    attack = get_attack("jump")
+    attack(honest, capped)
+    assert attack.metrics["jump-loss"] == 2.0 and attack.metrics["jump-ties"] > 1
+    assert attack.metrics["jump-flat"] == 0.0  # lambdas near 1 still score below the cap
+    assert deviation(honest, ctx, attack.metrics["jump-lambda"]) > deviation(honest, ctx, -100.0)
+
+
+def test_a_strict_maximum_is_not_a_tie() -> None:
+    honest, ctx = random_problem(4, "nnm+cm", "softmax")
+    attack = get_attack("jump")
+    attack(honest, ctx)
+    assert attack.metrics["jump-ties"] == 1.0 and attack.metrics["jump-flat"] == 0.0

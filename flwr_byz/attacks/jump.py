@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +18,7 @@ from flwr_byz.attacks.line_search import SOLVERS
 from flwr_byz.attacks.span import span_aggregation
 
 
+FLAT_PROBES = -np.logspace(0, 6, 7)  # scored when the loss is flat; the farthest aggregate from gbar wins
 FINGERPRINT_STRIDE = 64  # an aggregate's fingerprint hashes every 64th entry; equal fingerprints are compared whole
 
 
@@ -28,6 +31,7 @@ class Scored:
     aggregate: Tensor
     value: float = math.nan
     full: float | None = None
+    deviation: float | None = None  # ||aggregate - gbar||, once a tie needs it
 
 
 def bits(t: Tensor) -> Tensor:
@@ -96,24 +100,44 @@ class JumpObjective:
         self.evals += len(lams)
         return out
 
-    def best(self, finalists: int) -> tuple[float, float]:
-        """``(lambda, L_H)`` of the best aggregate scored so far (ties: smallest ``|lambda|``).
+    def best(self, finalists: int) -> tuple[float, float, int]:
+        """``(lambda, L_H, ties)`` of the best aggregate scored so far; ``ties``: how many distinct aggregates
+        share its loss (1: a strict maximum).
 
-        With a screening loss, the ``finalists`` best screened aggregates are rescored
-        with ``L_H`` and the best of those wins; otherwise the screened value is ``L_H``.
+        Ties (a flat or saturated loss cannot tell the candidates apart) go to the largest damage the
+        attack can still measure, the aggregate farthest from the honest mean ``||F - gbar||``, then to the
+        smallest ``|lambda|``: a tie never falls back to the honest mean. With a screening loss, the
+        ``finalists`` best screened aggregates are rescored with ``L_H`` and the best of those wins;
+        otherwise the screened value is ``L_H``.
         """
-        ranked = sorted((s for same in self.scored.values() for s in same), key=lambda s: (-s.value, abs(s.lam)))
-        if self.screen is None:
-            return ranked[0].lam, ranked[0].value
-        top = ranked[:finalists]
-        todo = [s for s in top if s.full is None]
-        if todo:
-            values = self._losses(torch.stack([s.aggregate for s in todo]), self.loss)
-            for s, value in zip(todo, values, strict=True):
-                s.full = float(value)
-            self.finalists += len(todo)
-        winner = max(top, key=lambda s: (s.full, -abs(s.lam)))
-        return winner.lam, winner.full  # type: ignore[return-value]
+        ranked = self._ranked([s for same in self.scored.values() for s in same], lambda s: s.value)
+        if self.screen is not None:
+            top = ranked[:finalists]
+            todo = [s for s in top if s.full is None]
+            if todo:
+                values = self._losses(torch.stack([s.aggregate for s in todo]), self.loss)
+                for s, value in zip(todo, values, strict=True):
+                    s.full = float(value)
+                self.finalists += len(todo)
+            ranked = self._ranked(top, lambda s: s.full)  # type: ignore[arg-type,return-value]
+        best = ranked[0].full if self.screen is not None else ranked[0].value
+        ties = sum((s.full if self.screen is not None else s.value) == best for s in ranked)
+        return ranked[0].lam, best, ties  # type: ignore[return-value]
+
+    def _ranked(self, entries: list[Scored], value: Callable[[Scored], float]) -> list[Scored]:
+        """``entries`` best first: by ``value``, ties by ``||aggregate - gbar||`` (largest first), then by the
+        smallest ``|lambda|``."""
+        counts = Counter(map(value, entries))
+        for s in entries:
+            if counts[value(s)] > 1 and s.deviation is None:
+                s.deviation = float(torch.linalg.vector_norm(s.aggregate - self.gbar.to(s.aggregate)))
+        return sorted(entries, key=lambda s: (-value(s), -(s.deviation or 0.0), abs(s.lam)))
+
+    @property
+    def flat(self) -> bool:
+        """Whether every aggregate scored so far has the same (screened) loss: the loss told them not apart."""
+        values = {s.value for same in self.scored.values() for s in same}
+        return len(values) == 1 and sum(map(len, self.scored.values())) > 1
 
     def _aggregate(self, lam: Tensor) -> Tensor:
         lam = lam.to(device=self.honest.device, dtype=torch.float64)
@@ -173,7 +197,10 @@ class Jump(Attack):
     With a screening loss in the context, the solver climbs the screened objective
     and the ``finalists`` best distinct aggregates are rescored with ``L_H``.
     Metrics: ``jump-lambda``, ``jump-loss`` (predicted honest loss after the
-    update), ``jump-evals`` (lambdas scored), ``jump-losses`` (distinct aggregates whose
+    update), ``jump-ties`` (distinct aggregates sharing the best loss; more than 1: the tie
+    went to the aggregate farthest from ``gbar``), ``jump-flat`` (1: every candidate had the
+    same loss, a flat or saturated loss; the search then also scores ``lambda = -1, -10, ..., -1e6``
+    and sends the aggregate farthest from ``gbar``), ``jump-evals`` (lambdas scored), ``jump-losses`` (distinct aggregates whose
     loss was evaluated), ``jump-calls`` (batched calls), ``jump-finalists``.
     """
 
@@ -201,10 +228,14 @@ class Jump(Attack):
     def _attack(self, honest: Tensor, ctx: AttackContext) -> Tensor:
         phi = JumpObjective(honest, ctx, self.max_batch_elems)
         self.solver(phi, phi.spread)
-        lam, loss = phi.best(self.finalists)
+        if phi.flat:  # the loss tells no candidate apart (a local solver then stays near its start)
+            phi(FLAT_PROBES)
+        lam, loss, ties = phi.best(self.finalists)
         self.metrics = {
             "jump-lambda": lam,
             "jump-loss": loss,
+            "jump-ties": float(ties),
+            "jump-flat": float(phi.flat),
             "jump-evals": float(phi.evals),
             "jump-losses": float(phi.losses),
             "jump-calls": float(phi.calls),
