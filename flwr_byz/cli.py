@@ -152,7 +152,7 @@ def audit(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("results") / "audit" / app_dir.resolve().name)
     run = audit_app.Audit(app_dir, out, nodes=args.num_supernodes, rounds=args.rounds, rounds_key=args.rounds_key,
                           run_config=parse_config_args([args.run_config] if args.run_config else None),
-                          timeout=args.timeout)
+                          timeout=args.timeout, loss_key=args.loss_key)
     try:
         report_path, paths, failed = run.run([a.strip().lower() for a in args.attacks.split(",")], ints(args.f),
                                              ints(args.seeds) or [], args.metric, args.threshold)
@@ -262,7 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds-key", default=None, help="the app's rounds key (default: num-server-rounds, ...)")
     p.add_argument("--run-config", default=None, help='more of the app\'s run config, as `flwr run` takes it: '
                                                       '"lr=0.1 strategy=\'fedmedian\'"')
-    p.add_argument("--metric", default="accuracy", help="the metric of the app's evaluate_fn to report")
+    p.add_argument("--metric", default="auto",
+                   help="the metric to report: a key of the app's evaluate_fn, or federated-<key> of its federated "
+                        "evaluation (default auto: accuracy, else federated-accuracy)")
+    p.add_argument("--loss-key", default=None,
+                   help="the evaluate metric JUMP maximises (default: the one federated metric named *loss*)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="breakdown: the first f at which the metric falls below this fraction of its no-attack value")
     p.add_argument("--num-supernodes", type=int, default=10, help="nodes per run")

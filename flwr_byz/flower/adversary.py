@@ -61,14 +61,22 @@ class OmniscientAdversary(Strategy):
     metric ``loss_key``; ``None``: the one metric named ``*loss*``), and the Byzantine nodes send
     its model. Every round's training metrics and every evaluation (centralised, through
     :meth:`start`'s ``evaluate_fn``, and federated) are also logged as JSON lines (:data:`EVENT`).
+    Federated evaluation goes to every node the strategy samples, Byzantine ones included (they evaluate
+    honestly), so runs with and without Byzantine nodes are evaluated on the same data.
+
+    ``seed`` (the reply shuffle, the hook's attack randomness) and ``loss_key`` default to the run
+    config's ``seed`` and ``loss-key`` (:class:`~flwr_byz.settings.Adversary`), which the nodes report with
+    their roles; in a run without Byzantine nodes, whose nodes refuse the role query, the seed is the
+    ``--run-config`` override's, else 0. The seed in use is logged with the defence.
     """
 
     def __init__(self, strategy: Strategy, defended: DefendedRule | None = None, attack: bool = True,
-                 seed: int = 0, loss_key: str | None = None) -> None:
+                 seed: int | None = None, loss_key: str | None = None) -> None:
         self.strategy, self.defended, self.attack = strategy, defended, attack
-        self.seed, self.loss_key = seed, loss_key
+        self.given_seed, self.given_loss_key = seed, loss_key
         self.evaluate_config, self.timeout = ConfigRecord(), 3600.0  # as start() got them (JUMP's score requests)
-        self.rng = random.Random(seed)
+        self.seed = 0 if seed is None else seed
+        self.rng = random.Random(self.seed)
         self.roles: dict[int, NodeRole | None] | None = None  # None: refused, the run has no Byzantine node
         self._grid: Grid | None = None
         self._instruction: RecordDict | None = None
@@ -104,10 +112,31 @@ class OmniscientAdversary(Strategy):
             replies = list(grid.send_and_receive([role_query(node) for node in nodes]))
             if len(replies) != len(nodes):
                 raise RuntimeError(f"role discovery: {len(nodes) - len(replies)} of {len(nodes)} nodes did not answer")
+            first = not self.roles
             self.roles |= {r.metadata.src_node_id: NodeRole.from_reply(r) for r in replies}
+            if first:
+                self._seed_from(grid)
             log(INFO, "Adversary: %d Byzantine of %d nodes", len(self.byzantine), len(self.roles))
             self._check_defence(len(self.roles))
         return self.byzantine
+
+    def _seed_from(self, grid: Grid) -> None:
+        """Unless given: the seed of the nodes' run config (or the run's ``--run-config`` override)."""
+        if self.given_seed is not None:
+            return
+        reported = {role.seed for role in (self.roles or {}).values() if role is not None}
+        if len(reported) > 1:
+            raise RuntimeError(f"the nodes report different seeds {sorted(reported)}: one run config per run")
+        self.seed = reported.pop() if reported else int(run_overrides(grid).get("seed", 0))
+        self.rng = random.Random(self.seed)
+
+    @property
+    def loss_key(self) -> str | None:
+        """JUMP's loss metric on a wrapped app: given, else the run config's ``loss-key`` (None: auto)."""
+        if self.given_loss_key is not None:
+            return self.given_loss_key
+        return next((role.loss_key for role in (self.roles or {}).values() if role is not None and role.loss_key),
+                    None)
 
     def _check_defence(self, n: int) -> None:
         """Raise if more nodes attack than the defence tolerates; log the defence (event ``defence``)."""
@@ -119,7 +148,7 @@ class OmniscientAdversary(Strategy):
             return
         f, tolerated = len(self.byzantine), tolerated_f(rule, n)
         emit("defence", strategy=type(self.strategy).__name__, rule=rule.spec, rule_f=rule.f, nodes=n, byzantine=f,
-             tolerated_f=tolerated)
+             tolerated_f=tolerated, seed=self.seed)
         if self.attacking and f > tolerated:
             half = " (no rule tolerates half the nodes)" if f > (n - 1) // 2 else (
                 f", or configure {type(self.strategy).__name__} for f={f}")
@@ -275,9 +304,7 @@ class OmniscientAdversary(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
-        byzantine = self.discover_roles(grid)
-        return [m for m in messages if m.metadata.dst_node_id not in byzantine]
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
@@ -306,6 +333,14 @@ class OmniscientAdversary(Strategy):
         log(INFO, "\t├──> Omniscient adversary around %s (attack %s)", type(self.strategy).__name__,
             "on" if self.attack else "off")
         self.strategy.summary()
+
+
+def run_overrides(grid: Grid) -> dict[str, Any]:
+    """The run's ``--run-config`` overrides as the Grid knows them ({} where it does not)."""
+    try:
+        return dict(grid.run.override_config)
+    except (AttributeError, NotImplementedError, TypeError):  # a Grid without run details (no run set)
+        return {}
 
 
 def disguise(reply: Message, answer: AttackReply, template: Message, metrics: MetricRecord) -> Message:

@@ -70,9 +70,9 @@ class RobustStrategy(FedAvg):
         self._gamma = 1.0
 
     def summary(self) -> None:
-        super().summary()
-        log(INFO, "\t└──> Robust aggregation: %s, f=%d, server lr %s", self.aggregator.spec,
+        log(INFO, "\t├──> Robust aggregation: %s, f=%d, server lr %s", self.aggregator.spec,
             self.f, self.server_lr)
+        super().summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -96,6 +96,8 @@ class RobustStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self._arrays is None:
             raise RuntimeError("aggregate_train called before configure_train")
+        replies = list(replies)
+        self._check_and_log_replies(replies, is_train=True, validate=False)  # FedAvg's log lines; we screen below
         screened = screen_replies(replies, self._arrays, self.weighted_by_key)
         reference = to_tensors(self._arrays)
         states = [to_tensors(next(iter(r.content.array_records.values()))) for r in screened.valid]

@@ -38,6 +38,8 @@ from flwr_byz.runs.grid import Sweep
 from flwr_byz.runs.launcher import ANSI, FlowerLauncher, RunOutcome, tail
 from flwr_byz.results import RunLog
 
+FEDERATED = "federated-"
+AUTO_METRICS = ("accuracy", FEDERATED + "accuracy")  # --metric auto: the first the baseline reports
 DEFAULT_ATTACKS = ("none", "sf", "alie", "foe", "minmax", "minsum", "mimic", "jump")
 ROUNDS_KEYS = ("num-server-rounds", "num-rounds", "rounds")
 SOURCES = ("*.py", "pyproject.toml")
@@ -93,11 +95,14 @@ class AuditRun:
     rounds: int | None = None
     run_config: tuple[tuple[str, Any], ...] = ()
     store: str = "."
+    loss_key: str = ""
 
     @property
     def header(self) -> dict[str, Any]:
+        loss = {"loss-key": self.loss_key} if self.loss_key else {}
         return {"app": self.app, "source": self.source, "num-supernodes": self.nodes, "attack": self.attack,
-                "num-byzantine": self.f, "seed": self.seed, "rounds": self.rounds, "run-config": dict(self.run_config)}
+                "num-byzantine": self.f, "seed": self.seed, "rounds": self.rounds, "run-config": dict(self.run_config),
+                **loss}
 
     @property
     def name(self) -> str:
@@ -110,7 +115,9 @@ class AuditRun:
     def overrides(self, rounds_key: str | None) -> dict[str, Any]:
         """The ``--run-config`` of this run."""
         rounds = {rounds_key: self.rounds} if rounds_key and self.rounds is not None else {}
-        return {**dict(self.run_config), **rounds, "attack": self.attack, "num-byzantine": self.f, "seed": self.seed}
+        loss = {"loss-key": self.loss_key} if self.loss_key else {}
+        return {**dict(self.run_config), **rounds, "attack": self.attack, "num-byzantine": self.f, "seed": self.seed,
+                **loss}
 
 
 def events(output: str) -> Iterator[dict[str, Any]]:
@@ -121,13 +128,22 @@ def events(output: str) -> Iterator[dict[str, Any]]:
             yield json.loads(payload)
 
 
-PREFIXES = {"evaluate": "", "federated-evaluate": "federated-", "train": "train-"}
+PREFIXES = {"evaluate": "", "federated-evaluate": FEDERATED, "train": "train-"}
+
+
+def column(prefix: str, key: str) -> str:
+    """``prefix + key``, without repeating it: the app's ``train_loss`` is ``train-loss``, not ``train-train_loss``."""
+    stem = prefix.rstrip("-")
+    if stem and key.lower().startswith(stem) and key[len(stem):][:1] in ("_", "-"):
+        key = key[len(stem) + 1:]
+    return prefix + key
 
 
 def rows(found: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per round: the app's ``evaluate_fn`` metrics, federated evaluation's as ``federated-<key>``, the
-    round's training and attack metrics as ``train-<key>`` (``train-jump-lambda``, ...) and ``time`` (end of
-    training). Non-finite values are kept as the strings ``nan``, ``inf``, ``-inf`` (a diverged run stays one)."""
+    round's training and attack metrics as ``train-<key>`` (``train-jump-lambda``, ...; :func:`column`) and ``time``
+    (end of training). Non-finite values are kept as the strings ``nan``, ``inf``, ``-inf`` (a diverged run stays
+    one)."""
     by_round: dict[int, dict[str, Any]] = {}
     for event in found:
         prefix = PREFIXES.get(event["event"])
@@ -136,7 +152,7 @@ def rows(found: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row = by_round.setdefault(int(event["round"]), {"round": int(event["round"])})
         for key, value in event["metrics"].items():
             finite = not isinstance(value, float) or math.isfinite(value)
-            row[prefix + key] = value if finite else str(value)
+            row[column(prefix, key)] = value if finite else str(value)
         if event["event"] == "train":
             row["time"] = event["time"]
     return [by_round[r] for r in sorted(by_round)]
@@ -158,14 +174,28 @@ class UserApp:
         found = list(events(outcome.output))
         table = rows(found)
         if not outcome.ok or not table:
-            why = "" if table else ("no flwr-byz events in its output: wrap the ServerApp's strategy in "
-                                    "flwr_byz.flower.OmniscientAdversary and run it with strategy.start()\n")
+            why = "" if found else ("no flwr-byz events in its output: wrap the ServerApp's strategy in "
+                                    "flwr_byz.flower.OmniscientAdversary and run it with strategy.start() (or the "
+                                    "app failed before the hook's first event: see its output below)\n")
             return f"{why}status {outcome.status}\n{tail(outcome.output)}"
         log = RunLog(run.path, run.header)
         for row in table:
             log.append(row)
         log.finish(seconds=round(seconds, 3), defence=next((e for e in found if e["event"] == "defence"), None))
         return None
+
+
+def resolve_metric(baseline: list[dict[str, Any]], metric: str) -> str:
+    """``metric``, checked against the baseline's rows; ``auto``: the first of :data:`AUTO_METRICS` they report."""
+    if metric != "auto":
+        report.value(baseline, metric)  # a metric the app does not report fails here, naming those it does
+        return metric
+    have = report.metrics_of(baseline)
+    found = next((m for m in AUTO_METRICS if m in have), None)
+    if found is None:
+        raise ValueError(f"the app reports neither {' nor '.join(AUTO_METRICS)}: choose --metric <one of "
+                         f"{', '.join(have) or 'none: the app reports no metrics'}>")
+    return found
 
 
 @dataclass
@@ -180,6 +210,7 @@ class Audit:
     run_config: dict[str, Any] = field(default_factory=dict)
     timeout: float = 3600
     echo: TextIO = sys.stdout
+    loss_key: str | None = None
 
     def __post_init__(self) -> None:
         self.app_dir, self.out = Path(self.app_dir).resolve(), Path(self.out).resolve()
@@ -207,9 +238,10 @@ class Audit:
         self.source = source_hash(self.app_dir)
         self.name = self.app_dir.name
 
-    def run_of(self, attack: str, f: int, seed: int) -> AuditRun:
+    def run_of(self, attack: str, f: int, seed: int, loss_key: str = "") -> AuditRun:
+        needs_loss = attack != "none" and ATTACKS[attack].needs_loss
         return AuditRun(self.name, self.source, self.nodes, attack, f, seed, self.rounds,
-                        tuple(sorted(self.run_config.items())), str(self.runs_dir))
+                        tuple(sorted(self.run_config.items())), str(self.runs_dir), loss_key if needs_loss else "")
 
     def sweep(self, name: str, runs: list[AuditRun]) -> Sweep:
         """``runs`` as a grid of the ``flower`` executor on the staged app."""
@@ -220,10 +252,12 @@ class Audit:
         self.echo.write(text + "\n")
         self.echo.flush()
 
-    def run(self, attacks: Sequence[str], fs: Sequence[int] | None, seeds: Sequence[int], metric: str,
+    def run(self, attacks: Sequence[str], fs: Sequence[int] | None, seeds: Sequence[int], metric: str = "auto",
             threshold: float = 0.5) -> tuple[Path, list[Path], list[AuditRun]]:
         """Baselines, then the grid (failed runs are run again; what happened: :attr:`outcome`); the report
-        (``<out>/report``), its files and the runs that failed."""
+        (``<out>/report``), its files and the runs that failed. ``metric`` ``auto``: the first of
+        :data:`AUTO_METRICS` the baseline reports. The metric and JUMP's loss metric are resolved from the
+        baseline, before any attacked run."""
         unknown = [a for a in attacks if a != "none" and a not in ATTACKS]
         if unknown or not seeds:
             raise ValueError(f"unknown attacks {unknown}; valid: none, {', '.join(ATTACKS)}" if unknown
@@ -239,12 +273,15 @@ class Audit:
                 raise RuntimeError("the app failed without attack, so nothing else runs:\n"
                                    f"{store.error(outcome.failed[0])}")
             done = store.runs_of(baselines.runs)
-            report.value(done[0][1], metric)  # a metric the app does not report fails here
-            grid = self.grid(done[0][2].get("defence"), fs)
-            attacked = self.sweep("attacks", [self.run_of(a, f, s) for f in grid for a in attacks if a != "none"
-                                              for s in seeds])
+            metric = resolve_metric(done[0][1], metric)
+            loss_key = self.jump_loss_key(done[0][1], attacks)
+            defence = done[0][2].get("defence")
+            grid = self.grid(defence, fs)
+            attacked = self.sweep("attacks", [self.run_of(a, f, s, loss_key) for f in grid for a in attacks
+                                              if a != "none" for s in seeds])
             planned = executor.plan(attacked, retry_failed=True)
-            self.say(f"tolerated f: {grid[-1]}; {len(attacked.runs)} attacked runs "
+            self.say(f"metric {metric}; {defence['strategy']} tolerates f <= {defence['tolerated_f']}: auditing "
+                     f"f = {', '.join(map(str, grid))}, {len(attacked.runs)} attacked runs "
                      f"({len(planned[1].skipped)} finished before)")
             self.outcome = executor.run_sweep(attacked, planned, launcher=launcher)
             failed = self.outcome.failed
@@ -254,6 +291,28 @@ class Audit:
         path, paths = report.write_audit_report(done, self.out / "report", metric, threshold, title=self.name,
                                                 failed=[r.name for r in failed])
         return path, paths, failed
+
+    def jump_loss_key(self, baseline: list[dict[str, Any]], attacks: Sequence[str]) -> str:
+        """The evaluate metric the loss-scoring attacks (JUMP) maximise: ``--loss-key``, else the one federated
+        metric named ``*loss*`` of the baseline; empty when no such attack runs or the baseline has no
+        federated evaluation (the hook then resolves it at the attack's first round)."""
+        if not any(a != "none" and ATTACKS[a].needs_loss for a in attacks):
+            return ""
+        reported = [k[len(FEDERATED):] for k in report.metrics_of(baseline) if k.startswith(FEDERATED)]
+        if self.loss_key:
+            if reported and self.loss_key not in reported:
+                raise ValueError(f"--loss-key {self.loss_key!r}: the app's evaluate handler reports "
+                                 f"{', '.join(reported)}")
+            return self.loss_key
+        if not reported:
+            self.say("the baseline has no federated evaluation: JUMP's loss metric is checked at its first round")
+            return ""
+        found = [k for k in reported if "loss" in k.lower()]
+        if len(found) != 1:
+            raise ValueError(f"JUMP maximises the loss your evaluate handler reports, and its metrics "
+                             f"({', '.join(reported)}) hold {len(found)} names with 'loss': choose one with "
+                             "--loss-key")
+        return found[0]
 
     def grid(self, defence: dict[str, Any] | None, fs: Sequence[int] | None) -> list[int]:
         """The f values to audit: ``fs``, or 1 .. the tolerated f the hook logged; each checked against it."""

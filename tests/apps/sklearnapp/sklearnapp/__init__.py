@@ -1,0 +1,1 @@
+"""sklearnapp: a scikit-learn Flower app (numpy records, federated evaluation only)."""
