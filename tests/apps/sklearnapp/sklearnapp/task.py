@@ -10,11 +10,11 @@ FEATURES = 4
 
 def load_data(partition_id: int, num_partitions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Partition ``partition_id`` of iris: every class dealt round-robin over the partitions (each holds every
-    class), then 80 % to train and 20 % to test."""
+    class), shuffled, then 80 % to train and 20 % to test."""
     x, y = load_iris(return_X_y=True)
     order = np.random.default_rng(0).permutation(len(y))
     order = order[np.argsort(y[order], kind="stable")]  # shuffled within each class, classes in turn
-    mine = order[partition_id::num_partitions]
+    mine = np.random.default_rng(partition_id).permutation(order[partition_id::num_partitions])
     cut = int(0.8 * len(mine))
     return x[mine[:cut]], y[mine[:cut]], x[mine[cut:]], y[mine[cut:]]
 
