@@ -128,3 +128,47 @@ def test_rows_keep_evaluation_training_and_divergence_apart():
         {"round": 1, "train-accuracy": 0.9, "train-jump-lambda": -2.0, "time": 5.0, "federated-accuracy": 0.4},
         {"round": 2, "train-accuracy": 0.95, "time": 6.5, "accuracy": 0.5, "loss": "nan"},
     ]
+
+
+def test_training_metrics_are_prefixed_once():
+    from flwr_byz.runs.audit import column
+
+    assert column("train-", "train_logloss") == "train-logloss"
+    assert column("train-", "train-accuracy") == "train-accuracy"
+    assert column("train-", "trainer_loss") == "train-trainer_loss"  # only the word itself is dropped
+    assert column("train-", "jump-lambda") == "train-jump-lambda"
+    assert column("federated-", "federated_accuracy") == "federated-accuracy"
+    assert column("", "accuracy") == "accuracy"
+
+
+def test_a_crash_is_reported_with_its_own_error_and_a_missing_hook_with_the_fix(tmp_path):
+    """The hint to wrap the strategy is for runs without any hook event; a run whose hook logged its defence
+    and then failed is reported with its own error."""
+    import json
+
+    from flwr_byz.flower.adversary import EVENT
+    from flwr_byz.runs.audit import AuditRun, UserApp
+    from flwr_byz.runs.launcher import RunOutcome
+
+    app, run = UserApp(tmp_path, None, 60), AuditRun("app", "src", 5, "jump", 1, 1, store=str(tmp_path))
+    crash = "ValueError: JUMP needs your evaluate handler's loss"
+    hooked = f'INFO : {EVENT}{json.dumps({"event": "defence", "tolerated_f": 2})}\nTraceback ...\n{crash}\n'
+    error = app.collect(run, RunOutcome("1", "finished:failed", hooked), 1.0)
+    assert crash in error and "OmniscientAdversary" not in error
+    error = app.collect(run, RunOutcome("1", "finished:failed", f"Traceback ...\n{crash}\n"), 1.0)
+    assert "wrap the ServerApp's strategy in flwr_byz.flower.OmniscientAdversary" in error and crash in error
+
+
+def test_the_default_metric_is_what_the_app_reports():
+    from flwr_byz.runs.audit import resolve_metric
+
+    central = [{"round": 0, "accuracy": 0.1, "federated-accuracy": 0.2, "loss": 1.0}]
+    federated = [{"round": 1, "federated-accuracy": 0.2, "federated-test_logloss": 0.9, "train-logloss": 1.0}]
+    assert resolve_metric(central, "auto") == "accuracy"
+    assert resolve_metric(federated, "auto") == "federated-accuracy"
+    assert resolve_metric(federated, "federated-test_logloss") == "federated-test_logloss"
+    with pytest.raises(ValueError, match=r"neither accuracy nor federated-accuracy: choose --metric <one of "
+                                         r"federated-test_logloss>"):
+        resolve_metric([{"round": 1, "federated-test_logloss": 0.9}], "auto")
+    with pytest.raises(ValueError, match=r"no evaluated round reports the metric 'f1'"):
+        resolve_metric(federated, "f1")

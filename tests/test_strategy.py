@@ -130,3 +130,17 @@ def test_huge_finite_replies_never_stall_or_poison_training(spec, flwr_logs):
         assert arrays is not None and metrics["robust-excluded"] == excluded
         w = arrays["w"].numpy()
         assert np.isfinite(w).all() and 1.0 - 0.1 * 3.0 <= w[0] <= 1.0 - 0.1 * 1.0, (value, w)
+
+
+def test_logs_like_fedavg_received_failures_and_the_summary_inside_the_tree(flwr_logs):
+    """FedAvg's "Received N results and M failures" line (and each failure) is kept, and the robust rule is a
+    branch of FedAvg's summary tree, not a line after it."""
+    strategy = RobustStrategy(aggregation="cm", f=1, min_train_nodes=5)
+    run_round(strategy, [honest_reply(i, g, 1.0) for i, g in enumerate(GRADS[:4])] + [error_reply(99)])
+    messages = [r.getMessage() for r in flwr_logs]
+    assert "aggregate_train: Received 4 results and 1 failures" in messages
+    assert any(m.startswith("\t> Received error in reply from node 99") for m in messages)
+    flwr_logs.clear()
+    strategy.summary()
+    summary = [r.getMessage() for r in flwr_logs]
+    assert summary[0].startswith("\t├──> Robust aggregation: cm, f=1") and summary[-1].startswith("\t\t└──")
