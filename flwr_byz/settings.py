@@ -20,94 +20,23 @@ from typing import Any
 
 import torch
 
+from flwr_byz.adversary_config import ADVERSARY_KEYS, Adversary, parse_params
 from flwr_byz.aggregation import Aggregation, get_aggregator
-from flwr_byz.attacks import ATTACKS, Attack, get_attack
+from flwr_byz.attacks import ATTACKS, Attack
 from flwr_byz.tasks import TASKS, LossSampling, WorkerConfig, get_task, lr_at
 from flwr_byz.tasks.partition import SCHEMES as PARTITION_SCHEMES
 
 AUTO = "auto"
 PLANNED_ATTACKS = ("solve-p",)  # attacks that only the in-process engine can run (flwr_byz.engine.planning)
 SCREEN_PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
-
-
-def parse_params(text: str, key: str) -> dict[str, Any]:
-    """``"nu=0.2, start=median"`` -> ``{"nu": 0.2, "start": "median"}`` (ints, floats, true/false, strings)."""
-    params: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, raw = item.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"{key}: expected comma-separated key=value pairs, got {item!r} in {text!r}")
-        params[name.strip()] = _literal(raw.strip())
-    return params
-
-
-def _literal(raw: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    if raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    return raw.strip("\"'")
+__all__ = ["ADVERSARY_KEYS", "AUTO", "Adversary", "PLANNED_ATTACKS", "RunSettings", "SCREEN_PRECISIONS",
+           "parse_params", "settings_key"]  # the Adversary schema lives in flwr_byz.adversary_config
 
 
 def settings_key(settings: Mapping[str, Any]) -> str:
     """SHA-256 (12 hex digits) of a run's stored settings but ``results-dir``: the key of its results file."""
     config = {k: v for k, v in settings.items() if k != "results-dir"}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-
-
-ADVERSARY_KEYS: dict[str, Any] = {"attack": "none", "num-byzantine": 0, "attack-params": "", "seed": 0,
-                                  "loss-key": ""}
-"""The run-config keys of every Byzantine-capable ClientApp (``byzantine(app)``, the paper app), with their
-defaults: a key an app does not declare keeps its default."""
-
-
-@dataclass(frozen=True)
-class Adversary:
-    """What a run config asks of the Byzantine nodes: the attack (a name of :data:`flwr_byz.attacks.ATTACKS` or
-    ``none``: the Byzantine nodes stay silent) with its ``attack-params`` (``"key=value, ..."``, e.g.
-    ``"solver=powell"`` for JUMP), ``num-byzantine`` (the last partition ids; 0: an honest run, in which no node
-    answers the adversary protocol), the ``seed`` of the attack's randomness (and of the hook's reply order) and
-    ``loss-key``: the evaluate metric JUMP maximises on a wrapped app (empty: the one metric named ``*loss*``)."""
-
-    attack: str = "none"
-    num_byzantine: int = 0
-    attack_params: str = ""
-    seed: int = 0
-    loss_key: str = ""
-
-    @classmethod
-    def from_run_config(cls, config: Mapping[str, Any]) -> Adversary:
-        """The adversary of a run config (keys of :data:`ADVERSARY_KEYS`); a wrong type, an unknown attack or
-        parameter, or an attack without Byzantine nodes raises ``ValueError``."""
-        values = {key: config.get(key, default) for key, default in ADVERSARY_KEYS.items()}
-        for key, default in ADVERSARY_KEYS.items():
-            if type(values[key]) is not type(default):
-                raise ValueError(f"run config {key}={values[key]!r}: expected {type(default).__name__}")
-        adversary = cls(str(values["attack"]).lower(), int(values["num-byzantine"]), str(values["attack-params"]),
-                        int(values["seed"]), str(values["loss-key"]))
-        adversary.check()
-        return adversary
-
-    def check(self) -> None:
-        """Unknown attacks and parameters fail here, naming the valid ones."""
-        if self.num_byzantine < 0:
-            raise ValueError(f"num-byzantine must be >= 0, got {self.num_byzantine}")
-        if self.attack != "none":
-            self.make_attack()
-            if self.num_byzantine == 0:
-                raise ValueError(f"attack={self.attack!r} with num-byzantine=0 attacks nobody: set num-byzantine")
-
-    @property
-    def attacking(self) -> bool:
-        """Whether the Byzantine nodes send an attack (not silent)."""
-        return self.attack != "none" and self.num_byzantine > 0
-
-    def make_attack(self) -> Attack:
-        """``get_attack(attack, **attack-params)``."""
-        return get_attack(self.attack, **parse_params(self.attack_params, "attack-params"))
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Layers, lowest first (DESIGN.md section 1):
 
-- core: ``flat``, ``seeds`` < ``aggregation`` < ``attacks`` < ``tasks`` < ``settings`` < ``dsgd``, ``results``,
-  ``node_data``
+- core: ``flat``, ``seeds``, ``attack_traits`` < ``aggregation`` < ``attacks`` < ``tasks``, ``adversary_config``
+  < ``settings`` < ``dsgd``, ``results``, ``node_data``
   (a lower one never imports a higher one); no Flower, no Ray;
 - ``engine``: the core only; no Flower, no Ray;
 - ``flower`` (with ``flower.paper``): the core only (never the engine);
@@ -26,8 +26,11 @@ from pathlib import Path
 PACKAGE = "flwr_byz"
 ROOT = Path(__file__).resolve().parents[1]
 
-CORE = [("flat", "seeds"), ("aggregation",), ("attacks",), ("tasks",), ("settings",), ("dsgd", "results", "node_data")]
-"""The core's sub-layers, lowest first; units in one tuple are at the same height."""
+CORE = [("flat", "seeds", "attack_traits"), ("aggregation",), ("attacks",), ("tasks", "adversary_config"),
+        ("settings",), ("dsgd", "results", "node_data")]
+"""The core's sub-layers, lowest first; units in one tuple are at the same height. ``attack_traits`` (the torch-free
+table the attack classes read their traits from) sits at the bottom; ``adversary_config`` (the Byzantine ClientApp's
+run-config schema, which builds attacks) above the attacks and below ``settings``, which re-exports it."""
 
 FORBIDDEN_BELOW_FLOWER = frozenset({"flwr", "ray"})
 """Third-party top-level packages the core and the engine must not import."""

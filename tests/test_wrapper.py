@@ -102,7 +102,9 @@ def test_honest_messages_pass_through_bit_for_bit():
     assert dict(reply.content["metrics"]) == {"pong": 7, "tagged": 1}
 
 
-def test_roles_come_from_the_run_config_and_byzantine_nodes_refuse_plain_instructions():
+def test_roles_come_from_the_run_config_and_byzantine_nodes_refuse_plain_train_but_evaluate_honestly():
+    """A plain train message to a Byzantine node raises (its strategy is not inside the hook); a plain evaluate
+    message runs the user's evaluate handler, as on an honest node (federated evaluation reaches every node)."""
     contexts = simulation_contexts(config(attack="alie", **{"num-byzantine": 2}), N)
     grid = LoopbackGrid(user.app, contexts)
     roles = {r.metadata.src_node_id: NodeRole.from_reply(r) for r in grid.send_and_receive(
@@ -112,6 +114,9 @@ def test_roles_come_from_the_run_config_and_byzantine_nodes_refuse_plain_instruc
     assert {node for node, role in roles.items() if role.byzantine} == {4, 5}
     with pytest.raises(ValueError, match="wrap the ServerApp's strategy in flwr_byz.flower.OmniscientAdversary"):
         user.app(instruction("train", 5, global_model()), contexts[5])
+    evaluated = user.app(instruction("evaluate", 5, global_model()), contexts[5])
+    assert dict(evaluated.content["metrics"]) == dict(
+        user.app.app(instruction("evaluate", 5, global_model()), contexts[5]).content["metrics"])
 
 
 def test_sf_reply_is_computed_from_the_honest_replies_of_the_round():
@@ -268,7 +273,7 @@ def test_readme_shows_the_test_apps_two_lines():
     client = (ROOT / "tests/apps/userapp/userapp/client_app.py").read_text()
     server = (ROOT / "tests/apps/userapp/userapp/server_app.py").read_text()
     for line, source in (("app = byzantine(app, label_transform=lambda y: 9 - y)", client),
-                         ('strategy = OmniscientAdversary(strategy, seed=int(config["seed"]))', server),
+                         ("strategy = OmniscientAdversary(strategy)", server),
                          ("from flwr_byz.flower import byzantine", client),
                          ("from flwr_byz.flower import OmniscientAdversary", server)):
         assert line in source and line in readme

@@ -7,6 +7,7 @@ the ``f`` Byzantine vectors, all equal to the attack's output ``a``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from flwr_byz.attack_traits import TRAITS
 
 Aggregator = Callable[[Tensor], Tensor]
 """Robust rule ``(n, d) -> (d,)``, batched ``(k, n, d) -> (k, d)``."""
@@ -86,13 +89,27 @@ class Attack(ABC):
     randomness, data or state set it to False. ``needs_loss``: the attack scores candidates with
     ``ctx.honest_loss`` (JUMP), so whoever runs it must provide that oracle. ``needs_flipped``: it sends
     ``ctx.flipped``, the honest pipeline's vector on flipped labels (LF), which whoever runs it computes.
-    State carried across rounds: :meth:`state_dict`.
+    An attack whose ``name`` is in :data:`flwr_byz.attack_traits.TRAITS` (every registered one) takes these three
+    traits from that table, the one place they are written (readable without torch); a class that states one of
+    them otherwise fails when it is defined. State carried across rounds: :meth:`state_dict`.
     """
 
     name: ClassVar[str]
     shared: ClassVar[bool] = True
     needs_loss: ClassVar[bool] = False
     needs_flipped: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        listed = TRAITS.get(getattr(cls, "name", ""))
+        if listed is None:
+            return  # an attack outside the table states its own traits
+        for trait, value in dataclasses.asdict(listed).items():
+            stated = vars(cls).get(trait, value)
+            if stated != value:
+                raise TypeError(f"{cls.__name__} sets {trait} = {stated}, but flwr_byz.attack_traits.TRAITS"
+                                f"[{cls.name!r}] has {trait} = {value}: change the table, the one place traits live")
+            setattr(cls, trait, value)
 
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}

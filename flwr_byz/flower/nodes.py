@@ -1,10 +1,14 @@
-"""What a simulated node knows: its role and its device."""
+"""What a simulated node knows: its role and its device (torch is imported only to ask for the device)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-import torch
+from typing import TYPE_CHECKING
+
 from flwr.app import Context
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -48,4 +52,6 @@ class Role:
 
 def device() -> torch.device:
     """CUDA when the simulation backend gave this worker a GPU, else the CPU."""
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

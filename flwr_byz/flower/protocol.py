@@ -18,18 +18,22 @@ written once. Three exchanges:
 
 None of this reaches the wrapped strategy: the hook turns each attack reply into a reply
 to the plain ``train`` instruction with the records an honest reply has.
+
+Torch is imported only to decode an attack request's honest pseudo-gradients (a Byzantine node about to compute
+an attack): a role query, an echo request and a score request are decoded with numpy alone.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 ROLE_ACTION, ATTACK_ACTION, SCORE_ACTION = "role", "attack", "score"
 ROLE_TYPE = f"{MessageType.QUERY}.{ROLE_ACTION}"
@@ -61,7 +65,7 @@ class NodeRole:
     from: the node's own copy of the honest data (``oracle="local"``, flwr_byz's ClientApp) or
     the honest nodes' evaluate handlers (``"honest-nodes"``, a wrapped user app: the hook then
     runs the attack itself and the Byzantine nodes send its model). ``seed`` and ``loss_key`` are the run
-    config's (:class:`~flwr_byz.settings.Adversary`): the hook takes them from the nodes, so a user's server
+    config's (:class:`~flwr_byz.adversary_config.Adversary`): the hook takes them from the nodes, so a user's server
     code needs no plumbing."""
 
     byzantine: bool
@@ -114,6 +118,11 @@ def retyped(msg: Message, content: RecordDict, message_type: str, group_id: str 
     ))
 
 
+def to_numpy(values: np.ndarray | Tensor) -> np.ndarray:
+    """``values`` as a numpy array: a numpy array as it is, a torch tensor (on any device) copied to the CPU."""
+    return values if isinstance(values, np.ndarray) else values.detach().cpu().numpy()
+
+
 def role_query(node_id: int) -> Message:
     return Message(RecordDict(), dst_node_id=node_id, message_type=ROLE_TYPE)
 
@@ -157,7 +166,7 @@ class AttackRequest:
         })
         content = RecordDict({MODEL_RECORD: self.model, CONFIG_RECORD: config, TRAIN_CONFIG_RECORD: self.train_config})
         if self.honest is not None:
-            content[HONEST_RECORD] = ArrayRecord({GRADIENTS: Array(self.honest.detach().cpu().numpy())})
+            content[HONEST_RECORD] = ArrayRecord({GRADIENTS: Array(to_numpy(self.honest))})
         if self.echo is not None:
             content[ECHO_RECORD] = self.echo
         return Message(content, dst_node_id=node_id, message_type=ATTACK_TYPE)
@@ -166,7 +175,11 @@ class AttackRequest:
     def from_message(cls, msg: Message) -> AttackRequest:
         content = msg.content
         config = content.config_records[CONFIG_RECORD]
-        honest = content.array_records.get(HONEST_RECORD)
+        record, honest = content.array_records.get(HONEST_RECORD), None
+        if record is not None:  # a node about to compute an attack from them: the one use of torch here
+            import torch
+
+            honest = torch.from_numpy(np.array(record[GRADIENTS].numpy(), copy=True))
         return cls(
             server_round=int(config["server-round"]), gamma=float(config["gamma"]),
             server_lr=float(config["server-lr"]), aggregation=str(config["aggregation"]),
@@ -175,7 +188,7 @@ class AttackRequest:
             num_nodes=int(config["num-nodes"]), num_attackers=int(config["num-attackers"]),
             order=[int(i) for i in config["order"]],  # type: ignore[union-attr]
             model=content.array_records[MODEL_RECORD],
-            honest=None if honest is None else torch.from_numpy(np.array(honest[GRADIENTS].numpy(), copy=True)),
+            honest=honest,
             echo=content.array_records.get(ECHO_RECORD),
             train_config=content.config_records[TRAIN_CONFIG_RECORD],
             names=tuple(str(name) for name in config["names"]),  # type: ignore[arg-type, union-attr]
@@ -212,18 +225,19 @@ class ScoreRequest:
     """``k`` candidate models for an honest node to evaluate with its own evaluate handler.
 
     Candidate ``j`` is ``model`` with its floating entries (``FlatLayout`` order) replaced by
-    ``candidates[j]``; it reaches the handler as an ``evaluate`` instruction holding the model
-    under ``names[0]`` and ``config`` under ``names[1]``.
+    ``candidates[j]`` (:func:`flwr_byz.flower.records.with_flat`); it reaches the handler as an ``evaluate``
+    instruction holding the model under ``names[0]`` and ``config`` under ``names[1]``. ``candidates`` is a
+    ``(k, d)`` numpy array (decoded) or tensor (the hook's, sent as numpy).
     """
 
     model: ArrayRecord
-    candidates: Tensor
+    candidates: np.ndarray | Tensor
     config: ConfigRecord
     names: tuple[str, str] = ("arrays", "config")
 
     def to_message(self, node_id: int) -> Message:
         content = RecordDict({
-            MODEL_RECORD: self.model, CANDIDATES_RECORD: ArrayRecord({GRADIENTS: Array(self.candidates.cpu().numpy())}),
+            MODEL_RECORD: self.model, CANDIDATES_RECORD: ArrayRecord({GRADIENTS: Array(to_numpy(self.candidates))}),
             CONFIG_RECORD: ConfigRecord({"names": list(self.names)}), EVALUATE_CONFIG_RECORD: self.config,
         })
         return Message(content, dst_node_id=node_id, message_type=SCORE_TYPE)
@@ -231,7 +245,7 @@ class ScoreRequest:
     @classmethod
     def from_message(cls, msg: Message) -> ScoreRequest:
         content = msg.content
-        candidates = torch.from_numpy(np.array(content.array_records[CANDIDATES_RECORD][GRADIENTS].numpy(), copy=True))
+        candidates = content.array_records[CANDIDATES_RECORD][GRADIENTS].numpy()
         names = tuple(str(name) for name in content.config_records[CONFIG_RECORD]["names"])  # type: ignore[union-attr]
         return cls(content.array_records[MODEL_RECORD], candidates, content.config_records[EVALUATE_CONFIG_RECORD],
                    names)  # type: ignore[arg-type]

@@ -1,21 +1,46 @@
-"""Flower records and named torch tensors: conversions, a node's persistent state, a server instruction."""
+"""Flower records and named arrays: conversions to and from torch tensors, a flat vector put back into a model
+without torch, a node's persistent state, a server instruction. Torch is imported only by the functions that
+return tensors."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def to_tensors(record: ArrayRecord) -> dict[str, Tensor]:
     """Named CPU tensors of ``record``, in its key order."""
+    import torch
+
     return {key: torch.from_numpy(np.array(arr.numpy(), copy=True)) for key, arr in record.items()}
 
 
 def to_record(tensors: dict[str, Tensor]) -> ArrayRecord:
     """ArrayRecord holding ``tensors`` (moved to CPU), in their key order."""
     return ArrayRecord({key: Array(t.detach().cpu().numpy()) for key, t in tensors.items()})
+
+
+def with_flat(model: Mapping[str, np.ndarray], vector: np.ndarray) -> ArrayRecord:
+    """``model`` (named numpy arrays) with its floating entries replaced by the flat ``vector (d,)``, as an
+    ArrayRecord in ``model``'s key order: :class:`flwr_byz.flat.FlatLayout`'s layout (the floating entries in key
+    order, each cast back to its dtype; integer entries kept) on numpy arrays, for a node without torch."""
+    sizes = {key: arr.size for key, arr in model.items() if np.issubdtype(arr.dtype, np.floating)}
+    if vector.shape != (sum(sizes.values()),):
+        raise ValueError(f"flat vector has shape {vector.shape}, the model's floating entries need "
+                         f"({sum(sizes.values())},)")
+    out, start = {}, 0
+    for key, arr in model.items():
+        if key in sizes:
+            arr = vector[start:start + arr.size].reshape(arr.shape).astype(arr.dtype)
+            start += arr.size
+        out[key] = Array(arr)
+    return ArrayRecord(out)
 
 
 def instruction(msg: Message) -> tuple[ArrayRecord, ConfigRecord]:
