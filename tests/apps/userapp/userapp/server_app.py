@@ -24,7 +24,7 @@ def main(grid: Grid, context: Context) -> None:
         "fedmedian": lambda: FedMedian(**common),
         "robust": lambda: RobustStrategy(aggregation=str(config["aggregation"]), f=int(config["robust-f"]), **common),
     }[str(config["strategy"])]()
-    strategy = OmniscientAdversary(strategy, seed=int(config["seed"]))  # flwr-byz: the adversary hook
+    strategy = OmniscientAdversary(strategy)  # flwr-byz: the adversary hook
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(Net().state_dict()),
