@@ -86,8 +86,6 @@ class LabelFlip(Attack):
     """
 
     name = "lf"
-    shared = False
-    needs_flipped = True
 
     def _attack(self, honest: Tensor, ctx: AttackContext) -> Tensor:
         if ctx.flipped is None:
@@ -101,7 +99,6 @@ class Gaussian(Attack):
     """Noise around the mean: ``a = gbar + sigma * xi``, ``xi ~ N(0, I_d)`` drawn from ``ctx.generator``."""
 
     name = "gaussian"
-    shared = False
 
     def __init__(self, sigma: float = 1.0) -> None:
         super().__init__()

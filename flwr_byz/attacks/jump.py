@@ -205,7 +205,6 @@ class Jump(Attack):
     """
 
     name = "jump"
-    needs_loss = True
 
     def __init__(self, solver: str = "global", max_batch_elems: int = 2**26, finalists: int = 2,
                  **solver_params: object) -> None:

@@ -29,7 +29,6 @@ class Mimic(Attack):
     """
 
     name = "mimic"
-    shared = False  # per-node state and random start
 
     def __init__(self, warmup: int = 1) -> None:
         super().__init__()

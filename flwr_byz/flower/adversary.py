@@ -65,7 +65,7 @@ class OmniscientAdversary(Strategy):
     honestly), so runs with and without Byzantine nodes are evaluated on the same data.
 
     ``seed`` (the reply shuffle, the hook's attack randomness) and ``loss_key`` default to the run
-    config's ``seed`` and ``loss-key`` (:class:`~flwr_byz.settings.Adversary`), which the nodes report with
+    config's ``seed`` and ``loss-key`` (:class:`~flwr_byz.adversary_config.Adversary`), which the nodes report with
     their roles; in a run without Byzantine nodes, whose nodes refuse the role query, the seed is the
     ``--run-config`` override's, else 0. The seed in use is logged with the defence.
     """
@@ -114,6 +114,9 @@ class OmniscientAdversary(Strategy):
                 raise RuntimeError(f"role discovery: {len(nodes) - len(replies)} of {len(nodes)} nodes did not answer")
             first = not self.roles
             self.roles |= {r.metadata.src_node_id: NodeRole.from_reply(r) for r in replies}
+            for role in self.roles.values():  # a numpy app's nodes check names only: the values fail here
+                if role is not None and role.byzantine and role.attack != "none":
+                    Adversary(role.attack, attack_params=role.attack_params).make_attack()
             if first:
                 self._seed_from(grid)
             log(INFO, "Adversary: %d Byzantine of %d nodes", len(self.byzantine), len(self.roles))

@@ -50,10 +50,8 @@ def byzantine_model(
 def answer(request: AttackRequest, context: Context, attack: Attack, seed: int, rank: int,
            honest_loss: HonestLoss | None = None, screening_loss: HonestLoss | None = None,
            flipped: dict[str, Tensor] | None = None) -> AttackReply:
-    """A Byzantine node's reply: the model another node computed (``echo``), or :func:`byzantine_model` with
-    the attack's state carried in ``context.state`` across rounds."""
-    if request.echo is not None:
-        return AttackReply(request.echo)
+    """A Byzantine node's reply: :func:`byzantine_model`, with the attack's state carried in ``context.state``
+    across rounds (an echo request is answered by the wrapper, without torch)."""
     stored = load_state(context.state, STATE_KEY)
     if stored:
         attack.load_state_dict(stored)
