@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,9 +34,15 @@ __all__ = ["ADVERSARY_KEYS", "AUTO", "Adversary", "PLANNED_ATTACKS", "RunSetting
            "parse_params", "settings_key"]  # the Adversary schema lives in flwr_byz.adversary_config
 
 
+NEUTRAL = {"fraction-train": 1.0}
+"""Settings added after results were stored, at the value that reproduces those runs: left out of the key
+at that value, so stored runs keep their keys (and sweeps resume them)."""
+
+
 def settings_key(settings: Mapping[str, Any]) -> str:
-    """SHA-256 (12 hex digits) of a run's stored settings but ``results-dir``: the key of its results file."""
-    config = {k: v for k, v in settings.items() if k != "results-dir"}
+    """SHA-256 (12 hex digits) of a run's stored settings but ``results-dir`` (and :data:`NEUTRAL` values):
+    the key of its results file."""
+    config = {k: v for k, v in settings.items() if k != "results-dir" and NEUTRAL.get(k, object()) != v}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -44,7 +51,10 @@ class RunSettings:
     """One experiment: task, defence, attack, heterogeneity and honest D-SGD hyper-parameters.
 
     ``num-byzantine`` is the number of Byzantine nodes in the run (the last partition ids);
-    ``aggregation-f`` the f the defence assumes (``auto``: ``num-byzantine``).
+    ``fraction-train`` the fraction of the nodes the strategy samples each round (1: all, the paper's
+    setting; below 1 only on the Flower path, seeded by ``(seed, round)``); ``aggregation-f`` the f the
+    defence assumes (``auto``: ``num-byzantine``, times ``fraction-train`` rounded up when sampling: the
+    expected number of Byzantine nodes in a sample).
     ``aggregation-params`` / ``attack-params``: ``"key=value, ..."`` for the rule's stages / the attack.
     ``alpha <= 0`` means IID data, ``partition`` how the Dirichlet(``alpha``) label skew is drawn
     (``per-class`` or ``per-worker``, :func:`flwr_byz.tasks.partition`); ``clip = 0`` no clipping; ``lr-milestone = 0`` a constant
@@ -62,6 +72,7 @@ class RunSettings:
     aggregation_f: int | None = None
     aggregation_params: str = ""
     num_byzantine: int = 3
+    fraction_train: float = 1.0
     attack: str = "none"
     attack_params: str = ""
     jump_tau: int = 1
@@ -96,8 +107,10 @@ class RunSettings:
             object.__setattr__(self, "jump_loss_size", task.jump_sample[0])
         if self.jump_screen_size is None:
             object.__setattr__(self, "jump_screen_size", min(task.jump_sample[1], self.jump_loss_size))
+        if not 0 < self.fraction_train <= 1:
+            raise ValueError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
         if self.aggregation_f is None:
-            object.__setattr__(self, "aggregation_f", self.num_byzantine)
+            object.__setattr__(self, "aggregation_f", math.ceil(self.num_byzantine * self.fraction_train - 1e-9))
         if self.num_byzantine < 0:
             raise ValueError(f"num-byzantine must be >= 0, got {self.num_byzantine}")
         if self.attack != "none" and self.attack not in ATTACKS and self.attack not in PLANNED_ATTACKS:

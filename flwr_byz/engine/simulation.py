@@ -64,6 +64,9 @@ class Simulation:
     def __init__(self, settings: RunSettings, nodes: int, device: torch.device | str | None = None,
                  attack: Attack | None = None) -> None:
         f = settings.num_byzantine
+        if settings.fraction_train < 1:
+            raise ValueError(f"fraction-train={settings.fraction_train:g} samples nodes each round, which only the "
+                             "Flower path does: run it with --executor flower (or fraction-train=1)")
         if not 0 <= f < nodes:
             raise ValueError(f"num-byzantine={f} needs 0 <= f < nodes={nodes}")
         self.rule = settings.aggregator()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -81,6 +82,7 @@ class OmniscientAdversary(Strategy):
         self._grid: Grid | None = None
         self._instruction: RecordDict | None = None
         self._byzantine_nodes: list[int] = []
+        self._sampling = False  # this round's strategy sampled some of the nodes
         self.train_metrics: dict[int, MetricRecord] = {}
 
     @property
@@ -142,30 +144,39 @@ class OmniscientAdversary(Strategy):
                     None)
 
     def _check_defence(self, n: int) -> None:
-        """Raise if more nodes attack than the defence tolerates; log the defence (event ``defence``)."""
+        """Raise if more nodes attack than the defence tolerates; log the defence (event ``defence``).
+
+        A strategy that samples ``fraction_train < 1`` of the nodes sees ``m = max(fraction_train n,
+        min_train_nodes)`` replies a round, of which ``ceil(f m / n)`` Byzantine in expectation: that is what
+        is checked; rounds whose sample holds more are logged (:meth:`_check_sample`)."""
+        fraction = float(getattr(self.strategy, "fraction_train", 1.0))
+        m = min(n, max(int(n * fraction), int(getattr(self.strategy, "min_train_nodes", 0)))) if fraction < 1 else n
         try:
-            rule = self.defended or defended_rule(self.strategy, n)
+            rule = self.defended or defended_rule(self.strategy, m)
         except ValueError:
             if self.attacking:
                 raise
             return
-        f, tolerated = len(self.byzantine), tolerated_f(rule, n)
+        f, tolerated = math.ceil(len(self.byzantine) * m / n - 1e-9), tolerated_f(rule, m)
         emit("defence", strategy=type(self.strategy).__name__, rule=rule.spec, rule_f=rule.f, nodes=n, byzantine=f,
-             tolerated_f=tolerated, seed=self.seed)
+             tolerated_f=tolerated, seed=self.seed, **({"sampled": m} if m < n else {}))
         if self.attacking and f > tolerated:
-            half = " (no rule tolerates half the nodes)" if f > (n - 1) // 2 else (
+            half = " (no rule tolerates half the nodes)" if f > (m - 1) // 2 else (
                 f", or configure {type(self.strategy).__name__} for f={f}")
-            raise ValueError(f"{f} Byzantine nodes of {n}, but {type(self.strategy).__name__} ({rule.spec}, "
+            raise ValueError(f"{f} Byzantine nodes of {m}{' sampled' if m < n else ''}, but "
+                             f"{type(self.strategy).__name__} ({rule.spec}, "
                              f"f={rule.f}) tolerates at most {tolerated}: lower num-byzantine to {tolerated}{half}")
 
-    def _rank(self, node: int) -> tuple[int, int]:
+    def rank(self, node: int) -> tuple[int, int]:
+        """A node's sort key: its role's rank (the partition id on the paper app's nodes), then its id; nodes
+        without a rank last. ``RobustStrategy(node_key=adversary.rank)`` samples reproducibly across runs."""
         role = (self.roles or {}).get(node)
         return (role.rank if role else 1 << 62, node)
 
     def _rank_order(self, reply: Message) -> tuple[int, int, bytes]:
         """Sort key of a reply: its node's rank; in an honest run (no ranks) a digest of its arrays, so the
         order does not depend on node ids, which Flower draws anew for each run."""
-        rank, node = self._rank(reply.metadata.src_node_id)
+        rank, node = self.rank(reply.metadata.src_node_id)
         if rank != 1 << 62 or reply.has_error():
             return rank, node, b""
         digest = hashlib.blake2b(digest_size=16)
@@ -182,9 +193,25 @@ class OmniscientAdversary(Strategy):
         byzantine = self.discover_roles(grid)
         self._grid = grid
         sampled = [m for m in messages if m.metadata.dst_node_id in byzantine]
-        self._byzantine_nodes = sorted((m.metadata.dst_node_id for m in sampled), key=self._rank)
+        self._byzantine_nodes = sorted((m.metadata.dst_node_id for m in sampled), key=self.rank)
         self._instruction = sampled[0].content if sampled else None
+        self._sampling = len(messages) < len(self.roles or {})
+        if self._sampling:
+            self._check_sample(server_round, len(messages))
         return [m for m in messages if m.metadata.dst_node_id not in byzantine]
+
+    def _check_sample(self, server_round: int, m: int) -> None:
+        """A sampled round: log (event ``sample``, and a warning) when its Byzantine nodes outnumber what the
+        defence tolerates among its ``m`` nodes. They attack all the same: the defence's f is an expectation."""
+        f = len(self._byzantine_nodes)
+        try:
+            tolerated = tolerated_f(self.defended or defended_rule(self.strategy, m), m)
+        except ValueError:
+            return
+        emit("sample", round=server_round, nodes=m, byzantine=f, tolerated_f=tolerated)
+        if self.attacking and f > tolerated:
+            log(WARNING, "Round %d: %d Byzantine nodes among the %d sampled, more than the defence's %d",
+                server_round, f, m, tolerated)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -205,6 +232,8 @@ class OmniscientAdversary(Strategy):
         arrays, metrics = self.strategy.aggregate_train(
             server_round, [everything[i] for i in shuffle if i < len(everything)]
         )
+        if self._sampling:
+            attack_metrics["byzantine-sampled"] = float(len(self._byzantine_nodes))
         self.train_metrics[server_round] = self._metrics(valid or honest, attack_metrics, metrics)
         emit("train", round=server_round, time=time.time(), metrics=dict(self.train_metrics[server_round]))
         return arrays, self.train_metrics[server_round]

@@ -7,10 +7,11 @@ from logging import INFO, WARNING
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from torch import Tensor
 
 from flwr_byz.aggregation import Aggregation, get_aggregator
@@ -19,6 +20,7 @@ from flwr_byz.dsgd import buffer_median
 from flwr_byz.flat import FlatLayout
 from flwr_byz.flower.records import to_record, to_tensors
 from flwr_byz.flower.screening import screen_replies
+from flwr_byz.seeds import seeded_generator
 
 
 class RobustStrategy(FedAvg):
@@ -44,7 +46,11 @@ class RobustStrategy(FedAvg):
     Parameters beyond FedAvg's: ``aggregation`` (spec, e.g. ``"nnm+cm"``),
     ``f`` (the number of Byzantine replies the rule withstands), ``server_lr`` (eta_s),
     ``lr_key``, ``lr_schedule`` (round -> gamma_t, written into the train config each round)
-    and ``aggregation_params`` (e.g. ``{"nu": 0.1}`` for GM).
+    and ``aggregation_params`` (e.g. ``{"nu": 0.1}`` for GM). ``sampling_seed``: FedAvg samples
+    ``max(fraction_train * N, min_train_nodes)`` of the ``N`` connected nodes with Python's global
+    ``random``; with a seed the sample of round ``t`` is a pure function of ``(sampling_seed, t)`` over
+    the nodes sorted by ``node_key`` (default: node id; Flower draws new node ids for every run, so a
+    reproducible sample needs a key of its own, e.g. the partition id the adversary learns).
     """
 
     def __init__(
@@ -55,9 +61,12 @@ class RobustStrategy(FedAvg):
         lr_key: str = "lr",
         lr_schedule: Callable[[int], float] | None = None,
         aggregation_params: dict[str, Any] | None = None,
+        sampling_seed: int | None = None,
+        node_key: Callable[[int], Any] | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(**fedavg_kwargs)
+        self.sampling_seed, self.node_key = sampling_seed, node_key
         self.aggregation_params = dict(aggregation_params or {})
         self.aggregator = get_aggregator(aggregation, f, **self.aggregation_params)
         if not server_lr > 0:
@@ -82,10 +91,25 @@ class RobustStrategy(FedAvg):
         gamma = float(config.get(self.lr_key, 1.0))
         if not gamma > 0:
             raise ValueError(f"client step {self.lr_key}={gamma} must be positive")
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.sampling_seed is None or self.fraction_train == 0.0:
+            messages = list(super().configure_train(server_round, arrays, config, grid))
+        else:
+            messages = self._seeded_train(server_round, arrays, config, grid)
         self.aggregator.check(len(messages))
         self._arrays, self._gamma = arrays, gamma
         return messages
+
+    def _seeded_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+        """FedAvg's ``configure_train`` with the sample drawn from ``(sampling_seed, server_round)``."""
+        size = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
+        _, connected = sample_nodes(grid, max(self.min_available_nodes, size), 0)  # waits for the nodes, draws none
+        ordered = sorted(connected, key=self.node_key or int)
+        draw = torch.randperm(len(ordered), generator=seeded_generator(self.sampling_seed, server_round, "sampling"))
+        nodes = [ordered[i] for i in sorted(draw[:size].tolist())]
+        log(INFO, "configure_train: Sampled %s nodes (out of %s)", len(nodes), len(connected))
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return list(self._construct_messages(record, nodes, MessageType.TRAIN))
 
     def aggregator_for(self, excluded: int, server_round: int = 0) -> Aggregation:
         """The defended rule of ``server_round`` after ``excluded`` replies were dropped as Byzantine."""

@@ -65,12 +65,16 @@ def main(grid: Grid, context: Context) -> None:
     task = get_task(settings.task)
     torch.manual_seed(settings.seed)
     model = task.build_model()
+    sampled = settings.fraction_train < 1  # otherwise every node trains every round (the paper's setting)
     strategy = RobustStrategy(
         aggregation=settings.aggregation, f=settings.aggregation_f, server_lr=settings.server_lr,
-        aggregation_params=settings.aggregation_kwargs,
-        lr_schedule=settings.lr_at, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n,
+        aggregation_params=settings.aggregation_kwargs, lr_schedule=settings.lr_at, fraction_evaluate=0.0,
+        fraction_train=settings.fraction_train, min_train_nodes=settings.aggregator().min_n() if sampled else n,
+        min_available_nodes=n, sampling_seed=settings.seed if sampled else None,
     )
     adversary = OmniscientAdversary(strategy, attack=settings.attack != "none", seed=settings.seed)
+    adversary.discover_roles(grid)  # the nodes' partition ids, before round 1's sample
+    strategy.node_key = adversary.rank  # the same sample in every run of these settings, whatever the node ids
     log_ = RunLog.of(settings)
     log(INFO, "Results of %s go to %s", settings.name, log_.path)
     start = time.time()
