@@ -54,10 +54,17 @@ class Adversary:
     ``loss-key``: the evaluate metric JUMP maximises on a wrapped app (empty: the one metric named ``*loss*``)."""
 
     attack: str = "none"
+    """The attack the Byzantine nodes run: a name of :data:`flwr_byz.attacks.ATTACKS` (see the attacks
+    reference), or ``none``."""
     num_byzantine: int = 0
+    """Byzantine nodes in the run: the last ``num-byzantine`` partition ids. 0: an honest run, in which no node
+    answers the adversary protocol."""
     attack_params: str = ""
+    """The attack's parameters, ``"key=value, ..."``: ``"eps=1.5"`` (FOE), ``"solver=powell"`` (JUMP)."""
     seed: int = 0
+    """Seed of the attack's randomness and of the hook's reply order (``flwr-byz audit --seeds``)."""
     loss_key: str = ""
+    """The evaluate metric JUMP maximises on a wrapped app (empty: the one federated metric named ``*loss*``)."""
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> Adversary:

@@ -68,33 +68,70 @@ class RunSettings:
     """
 
     task: str = "mnist"
+    """The learning task: ``mnist`` (the paper's CNN), ``mnist-logreg``, ``fashion-mnist``, ``cifar10`` or ``toy2d``
+    (its paper hyper-parameters: the task table below)."""
     aggregation: str = "nnm+cm"
+    """The defence's spec: a rule, optionally after pre-aggregators joined with ``+`` (``"nnm+gm"``,
+    ``"bucketing+nnm+krum"``; the rules reference)."""
     aggregation_f: int | None = None
+    """The f the defence assumes (``auto``: ``num-byzantine``; with ``fraction-train < 1``, ``num-byzantine`` times
+    it, rounded up: the expected number of Byzantine nodes in a sample). A run attacked by more nodes than the rule
+    tolerates stops before round 1."""
     aggregation_params: str = ""
+    """Parameters of the defence's stages, ``"key=value, ..."``: ``"nu=0.2, start=median"`` (GM), ``"s=2"``
+    (bucketing). A key no stage accepts is an error."""
     num_byzantine: int = 3
+    """Byzantine nodes in the run: the last ``num-byzantine`` partition ids (n is the number of nodes)."""
     fraction_train: float = 1.0
+    """Fraction of the nodes the strategy samples each round (1: all, the paper's setting; below 1 only on the
+    Flower path, seeded by ``(seed, round)``)."""
     attack: str = "none"
+    """The attack: ``none``, a name of the attacks reference, or ``solve-p`` (engine only)."""
     attack_params: str = ""
+    """The attack's parameters, ``"key=value, ..."``: ``"eps=1.5"`` (FOE), ``"z=1.0"`` (ALIE),
+    ``"solver=powell"`` (JUMP's solver: ``global``, the default, or ``powell``, the paper's)."""
     jump_tau: int = 1
+    """JUMP's segment length: ``> 1`` plans the lambdas ``tau`` rounds ahead (the paper's JUMP-tau; engine only)."""
     jump_loss_size: int | None = None
+    """Honest examples JUMP's best candidates (and the reported ``jump-loss``) are scored on (``auto``: the task's
+    JUMP sample)."""
     jump_screen_size: int | None = None
+    """Honest examples every JUMP candidate is screened on first (0: no screening; ``auto``: the task's JUMP sample)."""
     jump_screen_precision: str = "float32"
+    """Precision of JUMP's screening passes: ``float32`` or ``bfloat16`` (faster on CPUs with bf16 units)."""
     alpha: float = 0.1
+    """Heterogeneity: the Dirichlet(``alpha``) label skew of the honest nodes' data (``<= 0``: IID)."""
     partition: str = "per-worker"
+    """How the label skew is drawn: ``per-worker`` (each worker's class mix, Hsu et al.) or ``per-class`` (each
+    class's split over the workers, Lin et al.)."""
     seed: int = 1
+    """Seed of the model, the partition, the batches, the attack's randomness and the reply order."""
     rounds: int | None = None
+    """Training rounds T (``auto``: the task's)."""
     lr: float | None = None
+    """The honest workers' learning rate gamma (``auto``: the task's)."""
     lr_milestone: int | None = None
+    """Round after which the learning rate is multiplied by ``lr-gamma`` (0: a constant step; ``auto``: the task's)."""
     lr_gamma: float | None = None
+    """The factor applied to the learning rate after ``lr-milestone`` (``auto``: the task's)."""
     batch_size: int | None = None
+    """Examples per honest stochastic gradient (``auto``: the task's)."""
     clip: float | None = None
+    """Norm each honest stochastic gradient is clipped to before momentum (0: no clipping; ``auto``: the task's)."""
     l2: float | None = None
+    """L2 regularisation added to the honest gradients (``auto``: the task's)."""
     momentum: float | None = None
+    """Local momentum beta of the honest workers, ``m <- beta m + (1 - beta) g`` (``auto``: the task's)."""
     server_lr: float = 1.0
+    """The server's step on the aggregate, as a multiple of the learning rate."""
     eval_every: int = 10
+    """Evaluate the global model on the test set every this many rounds (and at the last)."""
     eval_size: int = 0
+    """Test examples each evaluation uses (0: the whole test set)."""
     results_dir: str = ""
+    """Folder of the run's results file (empty: ``~/flwr-byz-results``; sweeps set it to their store)."""
     data_dir: str = ""
+    """Folder of the offline datasets (empty: ``$FLWR_BYZ_DATA``, else ``~/.cache/flwr-byz``)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
