@@ -78,6 +78,7 @@ class GlobalSearch:
        ``span.SpanAggregation.breakpoints``) and a bracket holds at most ``piece_ends``
        of them, both sides of each are scored instead: ``phi`` is continuous between
        jumps, so a tooth's top is at one of its ends (or inside, found by later rounds).
+
     The result is the best point ever scored (ties: smallest ``|lambda|``).
     """
 
