@@ -61,12 +61,16 @@ class Result:
 
     step_ms: float
     server_ms: float
+    parts: dict[str, float]  # median ms per step: the attack and its setup / aggregate / loss shares
     evals: float
     losses: float
     mean_loss: float
     loss: float
     accuracy: float
     best_accuracy: float
+
+
+PARTS = ("attack", "setup", "aggregate", "loss")
 
 
 def honest_loss(s: Setting, model: torch.nn.Module, samples: int, round_: int) -> Callable[[Tensor], Tensor]:
@@ -88,6 +92,7 @@ def run(s: Setting, spec: str, attack_name: str, params: dict[str, object], samp
     h = len(s.shards)
     momenta: list[Tensor | None] = [None] * h
     step_ms, server_ms, evals, losses, curve, accuracy = [], [], [], [], [], []
+    parts: dict[str, list[float]] = {part: [] for part in PARTS}
     for t in range(1, steps + 1):
         start = time.perf_counter()
         model.load_state_dict(layout.unflatten(theta))
@@ -99,6 +104,9 @@ def run(s: Setting, spec: str, attack_name: str, params: dict[str, object], samp
             n=h + s.f, f=s.f, aggregator=agg, lr=s.lr, params=theta, honest_loss=honest_loss(s, model, samples, t)
         )
         a = attack(honest, ctx)
+        parts["attack"].append(1e3 * (time.perf_counter() - server))
+        for part in PARTS[1:]:
+            parts[part].append(1e3 * attack.metrics.get(f"jump-{part}-seconds", 0.0))
         theta = theta - s.lr * agg(torch.cat([honest, a.expand(s.f, -1)]))
         end = time.perf_counter()
         step_ms.append(1e3 * (end - start))
@@ -110,7 +118,8 @@ def run(s: Setting, spec: str, attack_name: str, params: dict[str, object], samp
         accuracy.append(s.task.evaluate(model, *s.test, batch_size=8192)[1])
     times = statistics.median(step_ms), statistics.median(server_ms)
     work = statistics.mean(evals), statistics.mean(losses)
-    return Result(*times, *work, statistics.mean(curve), curve[-1], accuracy[-1], max(accuracy))
+    shares = {part: statistics.median(values) for part, values in parts.items()}
+    return Result(*times, shares, *work, statistics.mean(curve), curve[-1], accuracy[-1], max(accuracy))
 
 
 def setting(task: Task, honest: int, f: int, alpha: float | None, seed: int, probe: int = 4096) -> Setting:
@@ -160,6 +169,7 @@ def main() -> None:
     runs += [("jump-global", "jump", {}, samples) for samples in args.samples]
     if not args.no_powell:
         runs.append(("jump-powell", "jump", {"solver": "powell"}, args.samples[0]))
+    where: dict[tuple[str, str, int], dict[str, float]] = {}
     for spec in args.aggregators:
         sf = [run(s, spec, "sf", {}, 0, args.steps) for s in settings]
         for label, name, params, samples in runs:
@@ -180,6 +190,17 @@ def main() -> None:
             formats = (".1f", ".2f", ".1f", ".1f", ".1f", ".1f", ".3f", ".3f", ".3f", ".3f")
             texts = [format(c, fmt) for c, fmt in zip(cells, formats, strict=True)]
             print(row.format(spec, label, samples or "-", *texts), flush=True)
+            if name == "jump":
+                where[(spec, label, samples)] = {p: statistics.mean(r.parts[p] for r in rs) for p in PARTS}
+                where[(spec, label, samples)]["honest"] = statistics.mean(r.step_ms - r.server_ms for r in rs)
+    print("\nwhere a JUMP step's time goes, ms (honest: the 12 worker steps; setup: span and breakpoints; aggregate /"
+          " loss: the candidates' aggregates / honest losses; search: the rest of the attack)")
+    print(f"{'aggregator':<10} {'attack':<12} {'L_H pts':>7} {'honest':>7} {'setup':>7} {'aggregate':>9} {'loss':>7} "
+          f"{'search':>7}")
+    for (spec, label, samples), ms in where.items():
+        search = ms["attack"] - ms["setup"] - ms["aggregate"] - ms["loss"]
+        print(f"{spec:<10} {label:<12} {samples:>7} {ms['honest']:7.1f} {ms['setup']:7.1f} {ms['aggregate']:9.1f} "
+              f"{ms['loss']:7.1f} {search:7.1f}")
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ def test_engine_results_file_has_the_flower_paths_rows(tmp_path) -> None:
     assert header == settings.to_run_config()
     assert [r["round"] for r in rows] == [0, 2, 4]
     keys = {"round", "test-loss", "test-accuracy", "train-loss", "robust-excluded", "robust-received", "jump-lambda",
-            "jump-loss", "jump-ties", "jump-flat", "jump-evals", "jump-losses", "jump-calls", "jump-finalists", "honest-spread", "attack-seconds",
+            "jump-loss", "jump-ties", "jump-flat", "jump-evals", "jump-losses", "jump-calls", "jump-finalists",
+            "jump-setup-seconds", "jump-aggregate-seconds", "jump-loss-seconds", "honest-spread", "attack-seconds",
             "elapsed"}
     assert set(rows[0]) == {"round", "test-loss", "test-accuracy", "elapsed"} and set(rows[-1]) == keys
     footer = json.loads(tmp_path.joinpath(f"{settings.name}_{settings.key}.jsonl").read_text().splitlines()[-1])

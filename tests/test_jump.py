@@ -100,7 +100,8 @@ def test_recovers_a_known_maximiser(solver: str, params: dict[str, int]) -> None
     assert attack.metrics["jump-loss"] == pytest.approx(0.0, abs=1e-8)
     assert torch.equal(out, attack.metrics["jump-lambda"] * gbar)
     assert set(attack.metrics) == {"jump-lambda", "jump-loss", "jump-ties", "jump-flat", "jump-evals", "jump-losses",
-                                   "jump-calls", "jump-finalists", "honest-spread"}
+                                   "jump-calls", "jump-finalists", "jump-setup-seconds", "jump-aggregate-seconds",
+                                   "jump-loss-seconds", "honest-spread"}
 
 
 def test_tails_extend_to_the_cap_on_a_monotone_objective() -> None:

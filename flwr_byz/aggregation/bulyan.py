@@ -19,6 +19,8 @@ class Bulyan(Rule):
     ``selection="krum"`` (the paper) applies Krum ``theta`` times, removing each winner;
     ``"multikrum"`` (Flower's ``Bulyan`` default) takes the ``theta`` best Krum scores at once.
     Krum scores over ``r`` candidates use ``max(1, r - f - 2)`` neighbours. Requires ``n >= 4f + 3``.
+    Cost: one ``O(k n^2 d)`` exact distance matrix (quadratic in ``n``, shared by every Krum pass), the
+    passes ``O(k n^3)`` on it (``theta`` re-scorings of ``n^2`` distances), then ``O(k theta d log theta)``.
     """
 
     name = "bulyan"

@@ -54,6 +54,9 @@ class Krum(Rule):
     a fixed integer (requires ``n > 2f`` and ``1 <= m <= n - 1``).
     Scores are float64 sums of direct differences (no Gram cancellation, no tie buckets), so far
     outliers cannot change which honest vector wins. Memory O(k*n*d + k*n^2).
+    Cost: inherently quadratic in ``n``, ``O(k n^2 d)`` for the exact pairwise distances (``n(n-1)/2``
+    float64 differences of ``d`` coordinates; growth measured by ``benchmarks/bench_jump_scaling.py``), then
+    ``O(k n^2 log n)`` for the scores.
     """
 
     name = "krum"
@@ -116,6 +119,7 @@ class MultiKrum(Weighted, Krum):
     does on the selected replies. The weights of the selected rows must have a positive sum
     (``ValueError`` otherwise; Flower divides by zero). ``weights=None`` is the plain average, bit for bit.
     Flower's ``Krum`` selects one reply, whose weight cancels: it is :class:`Krum`, unweighted.
+    Cost: Krum's, ``O(k n^2 d)``, plus the ``O(k n d)`` average.
     """
 
     name = "multikrum"

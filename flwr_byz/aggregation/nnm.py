@@ -32,6 +32,8 @@ class NearestNeighborMixing(PreAggregator):
     ``y_i = 1/(n-f) sum_{j in N_i} x_j``, computed as ``W @ x`` with a sparse
     averaging matrix ``W`` so memory stays O(k*n*d + k*n^2). Each term is ``x_j / (n-f)``, so
     a mean of finite vectors with fewer than ``n - f`` at the dtype's maximum stays finite. Requires ``n > f``.
+    Cost: inherently quadratic in ``n``: ``O(k n^2 d)`` for the exact pairwise distances and ``O(k n^2 d)``
+    for the mixing (each output row averages ``n - f`` inputs), ``O(k n^2 log n)`` to find the neighbours.
     """
 
     name = "nnm"

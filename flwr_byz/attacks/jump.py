@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,8 +79,10 @@ class JumpObjective:
             raise ValueError(f"jump: ctx.params has shape {tuple(params.shape)}, expected ({honest.shape[1]},)")
         self.aggregator, self.params, self.loss, self.screen = aggregator, params, loss, ctx.screening_loss
         self.honest, self.gbar, self.f, self.lr, self.order = honest, honest.mean(0), ctx.f, ctx.lr, ctx.order
+        start = time.perf_counter()
         self.span = span_aggregation(aggregator, honest, ctx.f, ctx.order)
         self.breakpoints = self.span.breakpoints() if self.span is not None else None
+        self.seconds = {"setup": time.perf_counter() - start, "aggregate": 0.0, "loss": 0.0}
         rows = 2 if self.span is not None else ctx.n  # (k, rows, d) entries per call: aggregates and their update
         self.chunk = max(1, max_batch_elems // (rows * honest.shape[1]))
         self.spread = relative_spread(honest)
@@ -115,7 +118,9 @@ class JumpObjective:
             top = ranked[:finalists]
             todo = [s for s in top if s.full is None]
             if todo:
+                start = time.perf_counter()
                 values = self._losses(torch.stack([s.aggregate for s in todo]), self.loss)
+                self.seconds["loss"] += time.perf_counter() - start
                 for s, value in zip(todo, values, strict=True):
                     s.full = float(value)
                 self.finalists += len(todo)
@@ -163,8 +168,10 @@ class JumpObjective:
         todo = [lam for lam in dict.fromkeys(lams.tolist()) if lam not in self.by_lambda]
         new: list[Scored] = []
         if todo:
+            start = time.perf_counter()
             with torch.no_grad():
                 aggregates = self._aggregate(torch.tensor(todo, dtype=torch.float64))
+            self.seconds["aggregate"] += time.perf_counter() - start
             for lam, aggregate in zip(todo, aggregates, strict=True):
                 same = self.scored.setdefault(fingerprint(aggregate), [])
                 entry = next((s for s in same if torch.equal(bits(s.aggregate), bits(aggregate))), None)
@@ -178,7 +185,9 @@ class JumpObjective:
         entries = [self.by_lambda[lam] for lam in lams.tolist()]
         if new:
             rows = aggregates if len(new) == len(aggregates) else torch.stack([s.aggregate for s in new])
+            start = time.perf_counter()
             values = self._losses(rows, self.screen or self.loss)
+            self.seconds["loss"] += time.perf_counter() - start
             self.calls += 1
             for s, value in zip(new, values, strict=True):
                 s.value = float(value)
@@ -201,7 +210,10 @@ class Jump(Attack):
     went to the aggregate farthest from ``gbar``), ``jump-flat`` (1: every candidate had the
     same loss, a flat or saturated loss; the search then also scores ``lambda = -1, -10, ..., -1e6``
     and sends the aggregate farthest from ``gbar``), ``jump-evals`` (lambdas scored), ``jump-losses`` (distinct aggregates whose
-    loss was evaluated), ``jump-calls`` (batched calls), ``jump-finalists``.
+    loss was evaluated), ``jump-calls`` (batched calls), ``jump-finalists``; where the time goes:
+    ``jump-setup-seconds`` (the span and breakpoints), ``jump-aggregate-seconds`` (the candidate aggregates),
+    ``jump-loss-seconds`` (their honest losses; on CUDA it also waits for the aggregates' kernels), the rest of
+    ``attack-seconds`` being the search itself.
     """
 
     name = "jump"
@@ -239,5 +251,6 @@ class Jump(Attack):
             "jump-losses": float(phi.losses),
             "jump-calls": float(phi.calls),
             "jump-finalists": float(phi.finalists),
+            **{f"jump-{part}-seconds": seconds for part, seconds in phi.seconds.items()},
         }
         return lam * phi.gbar

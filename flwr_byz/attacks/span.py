@@ -58,7 +58,7 @@ from flwr_byz.aggregation import (
     Weighted,
 )
 from flwr_byz.aggregation.base import pairwise_sq_distances
-from flwr_byz.aggregation.sorting import FUSE_MIN_NUMEL, order_statistics
+from flwr_byz.aggregation.sorting import order_statistics
 
 SPAN_PRE = (NearestNeighborMixing, StaticClipping)
 SPAN_RULES = (Mean, GeometricMedian, Krum, MultiKrum)
@@ -247,10 +247,11 @@ class SpanAggregation:
             ranks = list(range(self.aggregation.rule.f + 1, n - self.aggregation.rule.f + 1))
         wires = sorted({r - 1 for q in ranks for r in (q - f, q) if 1 <= r <= h})
         out = v.new_empty(k, self.basis.shape[1])
-        fuse = self.basis.shape[1] >= FUSE_MIN_NUMEL  # large models: every block, however small, goes compiled
+        # Compiled whatever the size: JUMP calls it ~5 times a round for a whole run, which repays the one
+        # compilation per process even on logistic regression (d = 7,850: 1.4x faster than eager per round).
         for lo in range(0, self.basis.shape[1], BLOCK):
             basis = self.basis[:, lo : lo + BLOCK]
-            s = order_statistics((rows @ basis).view(len(blocks), h, -1).unbind(1), wires, fuse=fuse)
+            s = order_statistics((rows @ basis).view(len(blocks), h, -1).unbind(1), wires, fuse=True)
             copies = v @ basis
 
             def order_stat(q: int) -> Tensor:
