@@ -3,7 +3,7 @@
     python benchmarks/bench_user_app.py [--nodes 10] [--f 2] [--rounds 8] [--attacks none,sf,jump]
                                         [--run-config "strategy='fedmedian'"]
 
-* One `flwr run` per attack on a staged copy of ``tests/apps/userapp`` (as `flwr-byz audit` runs it);
+* One `flwr run` per attack on a staged copy of ``examples/audited-pytorch-app`` (as `flwr-byz audit` runs it);
   ``none`` has no Byzantine node, the others ``--f``. Wall per round: the hook's ``train`` events'
   timestamps over rounds 2..R (mean and median; start-up and round 1's warm-up left out), as ratios
   to the first attack measured in the same run of this script.
@@ -33,7 +33,7 @@ from flwr_byz.runs.audit import events, rows, stage
 from flwr_byz.runs.launcher import FlowerLauncher
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "tests" / "apps" / "userapp"
+APP = ROOT / "examples" / "audited-pytorch-app"
 
 
 def per_round(table: list[dict]) -> tuple[float, float]:

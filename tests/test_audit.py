@@ -14,7 +14,7 @@ from conftest import ROOT
 from flwr_byz.runs.audit import Audit, stage
 from flwr_byz.runs.store import export, finished_runs
 
-sys.path.insert(0, str(ROOT / "tests/apps/userapp"))
+sys.path.insert(0, str(ROOT / "examples/audited-pytorch-app"))
 from userapp.task import Net, load_data  # noqa: E402
 from userapp.task import test as user_test  # noqa: E402 - not a pytest test
 
@@ -26,7 +26,7 @@ SETTINGS = {"train-examples": EXAMPLES, "strategy": "fedmedian"}
 def probe_app(tmp_path):
     """userapp with its ServerApp replaced by the recording probe."""
     app = tmp_path / "userapp"
-    shutil.copytree(ROOT / "tests/apps/userapp", app, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "examples/audited-pytorch-app", app, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "tests/apps/userapp_probe.py", app / "userapp/probe_server.py")
     pyproject = app / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace("userapp.server_app:app", "userapp.probe_server:app"))
@@ -87,7 +87,7 @@ def test_audit_runs_the_grid_and_the_byzantine_replies_are_the_attacks(tmp_path,
 
 def test_audit_of_an_app_whose_clientapp_is_not_wrapped_stops_naming_the_fix(tmp_path):
     app = tmp_path / "userapp"
-    shutil.copytree(ROOT / "tests/apps/userapp", app, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "examples/audited-pytorch-app", app, ignore=shutil.ignore_patterns("__pycache__"))
     client = app / "userapp/client_app.py"
     client.write_text(client.read_text().replace("app = byzantine(app, label_transform=lambda y: 9 - y)", ""))
     audit = Audit(app, tmp_path / "audit", nodes=3, rounds=1, run_config=SETTINGS, timeout=300)
@@ -98,18 +98,18 @@ def test_audit_of_an_app_whose_clientapp_is_not_wrapped_stops_naming_the_fix(tmp
 def test_stage_declares_the_wrappers_keys_and_keeps_the_apps(tmp_path):
     import tomllib
 
-    staged = stage(ROOT / "tests/apps/userapp", tmp_path / "staged")
+    staged = stage(ROOT / "examples/audited-pytorch-app", tmp_path / "staged")
     config = tomllib.loads((staged / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert config["attack"] == "none" and config["num-byzantine"] == 0 and config["attack-params"] == ""
     assert config["seed"] == 0 and config["strategy"] == "fedavg" and config["num-server-rounds"] == 3
     with pytest.raises(ValueError, match=r"--run-config keys \['typo'\] are not in the app's"):
-        Audit(ROOT / "tests/apps/userapp", tmp_path / "a", run_config={"typo": 1})
+        Audit(ROOT / "examples/audited-pytorch-app", tmp_path / "a", run_config={"typo": 1})
     with pytest.raises(ValueError, match="not a Flower app"):
         Audit(tmp_path / "staged" / "userapp", tmp_path / "a")
     with pytest.raises(ValueError, match=r"--run-config keys \['attack', 'seed'\] are the audit's: use --attacks"):
-        Audit(ROOT / "tests/apps/userapp", tmp_path / "a", run_config={"attack": "sf", "seed": 2})
+        Audit(ROOT / "examples/audited-pytorch-app", tmp_path / "a", run_config={"attack": "sf", "seed": 2})
     with pytest.raises(ValueError, match="is inside the app's folder"):
-        Audit(ROOT / "tests/apps/userapp", ROOT / "tests/apps/userapp/results")
+        Audit(ROOT / "examples/audited-pytorch-app", ROOT / "examples/audited-pytorch-app/results")
 
 
 def test_rows_keep_evaluation_training_and_divergence_apart():

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.flower
 
 
 def test_robust_strategy_drops_into_an_ordinary_flower_app(launcher):
-    out = launcher.run(ROOT / "simulations/quickstart", {"num-server-rounds": 3}, num_supernodes=4)
+    out = launcher.run(ROOT / "examples/quickstart-robust", {"num-server-rounds": 3}, num_supernodes=4)
     assert out.ok, out.output[-3000:]
     accuracy = float(re.search(r"final accuracy (\S+)", out.output).group(1))
     assert accuracy > 0.8  # digits MLP after 3 robust rounds (about 0.93 seen); chance is 0.1
@@ -27,7 +27,7 @@ def test_robust_strategy_drops_into_an_ordinary_flower_app(launcher):
 
 
 def test_readme_shows_the_tested_quickstart_code():
-    source = (ROOT / "simulations/quickstart/quickstart/server_app.py").read_text()
+    source = (ROOT / "examples/quickstart-robust/quickstart/server_app.py").read_text()
     snippet = source.split("# --8<-- [start:strategy]\n")[1].split("    # --8<-- [end:strategy]")[0]
     readme = (ROOT / "README.md").read_text()
     assert "\n".join(line[4:] for line in snippet.splitlines()) in readme

@@ -22,7 +22,7 @@ from flwr_byz.flower.protocol import SCORE_TYPE, NodeRole, role_query
 from flwr_byz.flower import OmniscientAdversary
 from flwr_byz.flower.adversary import tolerated_f, DefendedRule
 
-sys.path.insert(0, str(ROOT / "tests/apps/userapp"))
+sys.path.insert(0, str(ROOT / "examples/audited-pytorch-app"))
 from userapp import client_app as user  # noqa: E402
 from userapp.task import Net, load_data  # noqa: E402
 from userapp.task import test as user_test  # noqa: E402 - not a pytest test
@@ -270,8 +270,8 @@ def test_evaluate_oracle_is_the_weighted_mean_of_the_nodes_losses():
 
 def test_readme_shows_the_test_apps_two_lines():
     readme = (ROOT / "README.md").read_text()
-    client = (ROOT / "tests/apps/userapp/userapp/client_app.py").read_text()
-    server = (ROOT / "tests/apps/userapp/userapp/server_app.py").read_text()
+    client = (ROOT / "examples/audited-pytorch-app/userapp/client_app.py").read_text()
+    server = (ROOT / "examples/audited-pytorch-app/userapp/server_app.py").read_text()
     for line, source in (("app = byzantine(app, label_transform=lambda y: 9 - y)", client),
                          ("strategy = OmniscientAdversary(strategy)", server),
                          ("from flwr_byz.flower import byzantine", client),

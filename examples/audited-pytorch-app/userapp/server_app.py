@@ -1,11 +1,12 @@
 """userapp: the ServerApp (flwr new's PyTorch template), its strategy inside flwr_byz's adversary hook."""
 
+import time
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
-from flwr_byz.flower.paper.server_app import wait_for_nodes
 from flwr_byz.flower import OmniscientAdversary, RobustStrategy
 
 from .task import Net, load_test, test
@@ -33,6 +34,19 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=global_evaluate,
     )
     print(f"final accuracy {global_evaluate(0, result.arrays)['accuracy']:.4f}")
+
+
+def wait_for_nodes(grid: Grid, timeout: float = 120.0) -> int:
+    """The number of connected nodes, once it has not changed for a second (every node trains each round)."""
+    start, count, stable_since = time.time(), -1, time.time()
+    while time.time() - start < timeout:
+        now = len(list(grid.get_node_ids()))
+        if now != count:
+            count, stable_since = now, time.time()
+        elif count > 0 and time.time() - stable_since >= 1.0:
+            return count
+        time.sleep(0.2)
+    raise RuntimeError(f"no stable set of nodes after {timeout} s (last count {count})")
 
 
 def global_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
