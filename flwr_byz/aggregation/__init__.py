@@ -5,28 +5,36 @@
 >>> agg(torch.randn(4, 5, 3)).shape    # (k, n, d) -> (k, d)
 """
 
+from flwr_byz.aggregation.arc import AdaptiveRobustClipping
 from flwr_byz.aggregation.base import PreAggregator, Rule, pairwise_sq_distances
 from flwr_byz.aggregation.bucketing import Bucketing
 from flwr_byz.aggregation.bulyan import Bulyan
+from flwr_byz.aggregation.caf import CovarianceBoundAgnosticFilter
 from flwr_byz.aggregation.centered_clipping import CenteredClipping
 from flwr_byz.aggregation.clipping import StaticClipping
 from flwr_byz.aggregation.geometric_median import GeometricMedian
 from flwr_byz.aggregation.krum import Krum, MultiKrum
+from flwr_byz.aggregation.mda import MinimumDiameterAveraging
 from flwr_byz.aggregation.mean import Mean, Weighted
+from flwr_byz.aggregation.meamed import MeanAroundMedian
 from flwr_byz.aggregation.median import CoordinateMedian
 from flwr_byz.aggregation.nnm import NearestNeighborMixing
 from flwr_byz.aggregation.pipeline import PRE_AGGREGATORS, RULES, Aggregation, get_aggregator
 from flwr_byz.aggregation.trimmed_mean import TrimmedMean
 
 __all__ = [
+    "AdaptiveRobustClipping",
     "Aggregation",
     "Bucketing",
     "Bulyan",
     "CenteredClipping",
     "CoordinateMedian",
+    "CovarianceBoundAgnosticFilter",
     "GeometricMedian",
     "Krum",
     "Mean",
+    "MeanAroundMedian",
+    "MinimumDiameterAveraging",
     "MultiKrum",
     "NearestNeighborMixing",
     "PRE_AGGREGATORS",

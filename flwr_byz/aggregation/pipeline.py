@@ -7,26 +7,31 @@ from typing import Any
 
 from torch import Tensor
 
+from flwr_byz.aggregation.arc import AdaptiveRobustClipping
 from flwr_byz.aggregation.base import PreAggregator, Rule, Stage, as_batch
 from flwr_byz.aggregation.bucketing import Bucketing
 from flwr_byz.aggregation.bulyan import Bulyan
+from flwr_byz.aggregation.caf import CovarianceBoundAgnosticFilter
 from flwr_byz.aggregation.centered_clipping import CenteredClipping
 from flwr_byz.aggregation.clipping import StaticClipping
 from flwr_byz.aggregation.geometric_median import GeometricMedian
 from flwr_byz.aggregation.krum import Krum, MultiKrum
+from flwr_byz.aggregation.mda import MinimumDiameterAveraging
 from flwr_byz.aggregation.mean import Mean, Weighted
+from flwr_byz.aggregation.meamed import MeanAroundMedian
 from flwr_byz.aggregation.median import CoordinateMedian
 from flwr_byz.aggregation.nnm import NearestNeighborMixing
 from flwr_byz.aggregation.trimmed_mean import TrimmedMean
 
 RULES: dict[str, type[Rule]] = {
     cls.name: cls
-    for cls in (Mean, CoordinateMedian, TrimmedMean, GeometricMedian, Krum, MultiKrum, Bulyan, CenteredClipping)
+    for cls in (Mean, CoordinateMedian, TrimmedMean, GeometricMedian, Krum, MultiKrum, Bulyan, CenteredClipping,
+                MeanAroundMedian, MinimumDiameterAveraging, CovarianceBoundAgnosticFilter)
 }
 PRE_AGGREGATORS: dict[str, type[PreAggregator]] = {
-    cls.name: cls for cls in (NearestNeighborMixing, Bucketing, StaticClipping)
+    cls.name: cls for cls in (NearestNeighborMixing, Bucketing, StaticClipping, AdaptiveRobustClipping)
 }
-ROW_PRESERVING: tuple[type[PreAggregator], ...] = (NearestNeighborMixing, StaticClipping)
+ROW_PRESERVING: tuple[type[PreAggregator], ...] = (NearestNeighborMixing, StaticClipping, AdaptiveRobustClipping)
 """Pre-aggregators whose output row ``i`` comes from input row ``i`` (same ``n``, same order): the only ones a
 weighted rule may follow, its weight ``w_i`` then weighing output row ``i``."""
 
@@ -38,7 +43,7 @@ class Aggregation:
 
     A weighted rule (``mean`` or ``multikrum`` built with ``weights``, see :class:`Weighted`) weighs
     the rows it receives; Flower's weighted strategies have no pre-aggregation. So weights are
-    only allowed after row-preserving pre-aggregators (:data:`ROW_PRESERVING`: NNM, clipping), where
+    only allowed after row-preserving pre-aggregators (:data:`ROW_PRESERVING`: NNM, clipping, ARC), where
     ``w_i`` weighs the pre-aggregated row ``i`` (e.g. ``"nnm+mean"``: ``sum_i w_i y_i / sum_i w_i``, ``y_i``
     the NNM mix of row ``i``); bucketing, which regroups and reorders the rows, raises ``ValueError``.
     """
@@ -108,8 +113,9 @@ def _accepted(cls: type[Stage]) -> set[str]:
 def get_aggregator(spec: str, f: int, n: int | None = None, **params: Any) -> Aggregation:
     """Build the aggregation named by ``spec`` for ``f`` Byzantine inputs.
 
-    ``spec`` is a rule (``mean, cm, tm, gm, krum, multikrum, bulyan, cc``) optionally preceded by
-    pre-aggregators (``nnm, bucketing, clipping``) joined with ``+``, e.g. ``"nnm+gm"``.
+    ``spec`` is a rule (``mean, cm, tm, gm, krum, multikrum, bulyan, cc, meamed, mda, caf``) optionally
+    preceded by pre-aggregators (``nnm, bucketing, clipping, arc``) joined with ``+``, e.g. ``"nnm+gm"``,
+    ``"arc+nnm+cm"``.
     Each keyword in ``params`` goes to every stage that accepts it (``nu`` to GM,
     ``s`` to bucketing, ...). If ``n`` is given, the preconditions are checked now.
 
