@@ -28,13 +28,14 @@ from flwr_byz.tasks import TASKS, LossSampling, WorkerConfig, get_task, lr_at
 from flwr_byz.tasks.partition import SCHEMES as PARTITION_SCHEMES
 
 AUTO = "auto"
+ROOT_SIZE = 100  # FLTrust's root set: 100 class-balanced training examples (Cao et al., 2021)
 PLANNED_ATTACKS = ("solve-p",)  # attacks that only the in-process engine can run (flwr_byz.engine.planning)
 SCREEN_PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 __all__ = ["ADVERSARY_KEYS", "AUTO", "Adversary", "PLANNED_ATTACKS", "RunSettings", "SCREEN_PRECISIONS",
            "parse_params", "settings_key"]  # the Adversary schema lives in flwr_byz.adversary_config
 
 
-NEUTRAL = {"fraction-train": 1.0}
+NEUTRAL = {"fraction-train": 1.0, "root-size": 0}
 """Settings added after results were stored, at the value that reproduces those runs: left out of the key
 at that value, so stored runs keep their keys (and sweeps resume them)."""
 
@@ -62,7 +63,9 @@ class RunSettings:
     the whole test set; empty ``results-dir`` / ``data-dir`` the defaults. JUMP scores its
     candidates on ``jump-screen-size`` honest examples (0: no screening) in
     ``jump-screen-precision`` and its best few on ``jump-loss-size`` (``auto``: the task's
-    ``jump_sample``). ``jump-tau > 1`` plans JUMP's lambdas ``tau`` rounds ahead and attack ``solve-p``
+    ``jump_sample``). ``root-size`` class-balanced training examples are held out of the honest partitions as
+    the server's root set, on which it computes its own update of each round (rules that score replies against
+    it, FLTrust; ``auto``: 100 for those rules, else 0). ``jump-tau > 1`` plans JUMP's lambdas ``tau`` rounds ahead and attack ``solve-p``
     optimises the Byzantine vectors over the whole run (paper, Algorithm 1 and problem (P)): both need the
     in-process engine (``flwr_byz.engine``). Fields left ``None`` (run config ``"auto"``) are resolved at construction.
     """
@@ -124,6 +127,7 @@ class RunSettings:
     """Local momentum beta of the honest workers, ``m <- beta m + (1 - beta) g`` (``auto``: the task's)."""
     server_lr: float = 1.0
     """The server's step on the aggregate, as a multiple of the learning rate."""
+    root_size: int | None = None
     eval_every: int = 10
     """Evaluate the global model on the test set every this many rounds (and at the last)."""
     eval_size: int = 0
@@ -156,7 +160,14 @@ class RunSettings:
             raise ValueError(f"unknown partition {self.partition!r}; valid: {', '.join(PARTITION_SCHEMES)}")
         if self.jump_tau < 1:
             raise ValueError(f"jump-tau must be at least 1, got {self.jump_tau}")
-        self.aggregator()  # unknown names and parameters a stage rejects fail here
+        needs_root = self.aggregator().needs_reference  # unknown names and parameters a stage rejects fail here
+        if self.root_size is None:
+            object.__setattr__(self, "root_size", ROOT_SIZE if needs_root else 0)
+        if needs_root and (self.root_size < 1 or self.task == "toy2d"):
+            raise ValueError(f"{self.aggregation!r} scores the replies against the server's update on its root set: "
+                             f"set root-size > 0 (auto: {ROOT_SIZE}) on a task with training data (not toy2d)")
+        if self.root_size < 0:
+            raise ValueError(f"root-size must be >= 0, got {self.root_size}")
         if self.attack != "none" and not self.planning:  # planners check their own parameters
             self.make_attack()
         self.loss_sampling()

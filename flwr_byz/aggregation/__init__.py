@@ -12,6 +12,7 @@ from flwr_byz.aggregation.bulyan import Bulyan
 from flwr_byz.aggregation.caf import CovarianceBoundAgnosticFilter
 from flwr_byz.aggregation.centered_clipping import CenteredClipping
 from flwr_byz.aggregation.clipping import StaticClipping
+from flwr_byz.aggregation.fltrust import FLTrust
 from flwr_byz.aggregation.geometric_median import GeometricMedian
 from flwr_byz.aggregation.krum import Krum, MultiKrum
 from flwr_byz.aggregation.mda import MinimumDiameterAveraging
@@ -30,6 +31,7 @@ __all__ = [
     "CenteredClipping",
     "CoordinateMedian",
     "CovarianceBoundAgnosticFilter",
+    "FLTrust",
     "GeometricMedian",
     "Krum",
     "Mean",

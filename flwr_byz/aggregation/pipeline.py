@@ -14,6 +14,7 @@ from flwr_byz.aggregation.bulyan import Bulyan
 from flwr_byz.aggregation.caf import CovarianceBoundAgnosticFilter
 from flwr_byz.aggregation.centered_clipping import CenteredClipping
 from flwr_byz.aggregation.clipping import StaticClipping
+from flwr_byz.aggregation.fltrust import FLTrust
 from flwr_byz.aggregation.geometric_median import GeometricMedian
 from flwr_byz.aggregation.krum import Krum, MultiKrum
 from flwr_byz.aggregation.mda import MinimumDiameterAveraging
@@ -26,6 +27,7 @@ from flwr_byz.aggregation.trimmed_mean import TrimmedMean
 RULES: dict[str, type[Rule]] = {
     cls.name: cls
     for cls in (Mean, CoordinateMedian, TrimmedMean, GeometricMedian, Krum, MultiKrum, Bulyan, CenteredClipping,
+                FLTrust,
                 MeanAroundMedian, MinimumDiameterAveraging, CovarianceBoundAgnosticFilter)
 }
 PRE_AGGREGATORS: dict[str, type[PreAggregator]] = {
@@ -58,6 +60,17 @@ class Aggregation:
                     f"allowed only after {', '.join(cls.name for cls in ROW_PRESERVING)} (or no pre-aggregator)"
                 )
         self.spec, self.pre, self.rule, self.f = spec, pre, rule, rule.f
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the rule scores the replies against the server's own update of the round (FLTrust's ``g_0``)."""
+        return bool(getattr(self.rule, "needs_reference", False))
+
+    def with_reference(self, reference: Tensor | None) -> Aggregation:
+        """The pipeline whose rule scores against ``reference`` (:attr:`needs_reference`); itself otherwise."""
+        if not self.needs_reference or reference is None:
+            return self
+        return Aggregation(self.spec, self.pre, self.rule.with_reference(reference))  # type: ignore[attr-defined]
 
     def for_round(self, t: int) -> Aggregation:
         """The pipeline of round ``t``: every stage's ``for_round(t)`` (bucketing draws that round's buckets)."""
@@ -113,7 +126,7 @@ def _accepted(cls: type[Stage]) -> set[str]:
 def get_aggregator(spec: str, f: int, n: int | None = None, **params: Any) -> Aggregation:
     """Build the aggregation named by ``spec`` for ``f`` Byzantine inputs.
 
-    ``spec`` is a rule (``mean, cm, tm, gm, krum, multikrum, bulyan, cc, meamed, mda, caf``) optionally
+    ``spec`` is a rule (``mean, cm, tm, gm, krum, multikrum, bulyan, cc, meamed, mda, caf, fltrust``) optionally
     preceded by pre-aggregators (``nnm, bucketing, clipping, arc``) joined with ``+``, e.g. ``"nnm+gm"``,
     ``"arc+nnm+cm"``.
     Each keyword in ``params`` goes to every stage that accepts it (``nu`` to GM,

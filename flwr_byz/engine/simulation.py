@@ -34,7 +34,7 @@ from flwr_byz.dsgd import attack_context, attack_rows, buffer_median, pseudo_gra
 from flwr_byz.settings import RunSettings
 from flwr_byz.flat import FlatLayout
 from flwr_byz.tasks import flip_labels, stepped, worker_step
-from flwr_byz.node_data import honest_loss_oracle, honest_partitions
+from flwr_byz.node_data import TrustedUpdate, honest_loss_oracle, honest_partitions
 from flwr_byz.engine.honest import HonestReplies, HonestWorkers
 
 logger = logging.getLogger("flwr_byz.engine")
@@ -90,14 +90,17 @@ class Simulation:
             first = make()
             self.attacks = [first] if first.shared else [first] + [make() for _ in range(f - 1)]
         self.flipped_momenta: list[Tensor | None] = [None] * f
+        self.trusted = TrustedUpdate(settings, self.device) if self.rule.needs_reference else None
 
     def state_dict(self) -> dict[str, object]:
         """Everything the next rounds depend on (data batches, augmentations and attack generators are
         seeded by round): round, global model, honest momenta, the reply shuffler's position, the
-        attacks' state and LF's momenta. :meth:`load_state_dict` resumes bit for bit."""
+        attacks' state, LF's momenta and the server's root-set momentum. :meth:`load_state_dict` resumes bit
+        for bit."""
         return {"round": self.round, "state": self.state, "momenta": self.momenta,
                 "shuffler": self.shuffler.getstate(), "attacks": [a.state_dict() for a in self.attacks],
-                "flipped_momenta": self.flipped_momenta}
+                "flipped_momenta": self.flipped_momenta,
+                **({"trusted": self.trusted.momentum} if self.trusted is not None else {})}
 
     def load_state_dict(self, saved: dict[str, object]) -> None:
         """Restore what :meth:`state_dict` returned (of a simulation of the same settings)."""
@@ -110,6 +113,8 @@ class Simulation:
         for attack, state in zip(self.attacks, attacks, strict=True):
             attack.load_state_dict(state)
         self.flipped_momenta = saved["flipped_momenta"]  # type: ignore[assignment]
+        if self.trusted is not None:
+            self.trusted.momentum = saved["trusted"]  # type: ignore[assignment]
 
     @property
     def theta(self) -> Tensor:
@@ -122,6 +127,8 @@ class Simulation:
         t, s = self.round + 1, self.settings
         gamma = s.lr_at(t)
         theta = self.theta
+        reference = None if self.trusted is None else pseudo_gradient(  # FLTrust's g0, from the model of the round
+            theta, self.trusted(self.state, t, gamma), self.layout, gamma)
         honest = self.workers.step(self.state, self.momenta, t, gamma)
         self.momenta = honest.momenta
         order = reply_order(self.shuffler, self.h + self.f)
@@ -129,11 +136,12 @@ class Simulation:
         metrics: dict[str, float] = {}
         attack = None
         if self.f and (planned is not None or self.attacks) and bool(valid.any()):
-            attack, metrics = self._attack(t, theta, honest.wire[valid], valid, order, gamma, planned)
+            attack, metrics = self._attack(t, theta, honest.wire[valid], valid, order, gamma, planned, reference)
         replies = list(honest.wire.unbind(0)) + ([] if attack is None else list(attack.unbind(0)))
         arrived = [i for i in order if i < len(replies)]
         update = robust_update(theta, torch.stack([replies[i] for i in arrived]), s.server_lr * gamma,
-                               lambda excluded: rule_after(self.rule, excluded, s.aggregation_kwargs, t))
+                               lambda excluded: rule_after(self.rule, excluded, s.aggregation_kwargs, t).with_reference(
+                                   reference))
         if update.theta is not None:
             self._move(update, honest, arrived)
         else:
@@ -156,7 +164,7 @@ class Simulation:
         self.state = self.state | self.layout.unflatten(update.theta) | buffer_median(self.state, replies)
 
     def _attack(self, t: int, theta: Tensor, honest: Tensor, valid: Tensor, order: list[int], gamma: float,
-                planned: Planned | None) -> tuple[Tensor, dict[str, float]]:
+                planned: Planned | None, reference: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """The pseudo-gradients ``(f, d)`` the server reads from the Byzantine replies, and the leader's metrics."""
         start = time.perf_counter()
         ctx_order = attack_rows(order, valid.tolist())
@@ -164,19 +172,21 @@ class Simulation:
             vector, metrics = planned(honest)
             vectors = vector.expand(self.f, -1)
         else:  # a shared attack runs on the leader only; attack-seconds is the leader's own time, as in Flower
-            first = self._node_attack(0, t, theta, honest, ctx_order, gamma)
+            first = self._node_attack(0, t, theta, honest, ctx_order, gamma, reference)
             metrics = {"attack-seconds": time.perf_counter() - start, **self.attacks[0].metrics}
-            vectors = torch.stack([first] + [self._node_attack(j, t, theta, honest, ctx_order, gamma)
+            vectors = torch.stack([first] + [self._node_attack(j, t, theta, honest, ctx_order, gamma, reference)
                                              for j in range(1, len(self.attacks))]).expand(self.f, -1)
         sent = torch.stack([self.layout.flatten(self.layout.unflatten(row), theta.dtype)  # the model, read back
                             for row in theta - gamma * vectors])
         return (theta - sent) / gamma, metrics
 
-    def _node_attack(self, j: int, t: int, theta: Tensor, honest: Tensor, order: list[int], gamma: float) -> Tensor:
-        """Byzantine node ``h + j``'s vector, from the context its ClientApp builds."""
+    def _node_attack(self, j: int, t: int, theta: Tensor, honest: Tensor, order: list[int], gamma: float,
+                     reference: Tensor | None = None) -> Tensor:
+        """Byzantine node ``h + j``'s vector, from the context its ClientApp builds (the defence scoring against
+        the server's ``reference`` update where it needs one: the omniscient adversary knows it)."""
         s, attack = self.settings, self.attacks[j]
         losses = honest_loss_oracle(s, self.h, t, self.device) if attack.needs_loss else (None, None)
-        ctx = attack_context(self.rule, t, len(honest) + self.f, self.f, gamma * s.server_lr, theta, order, s.seed,
+        ctx = attack_context(self.rule.with_reference(reference), t, len(honest) + self.f, self.f, gamma * s.server_lr, theta, order, s.seed,
                              self.h + j, *losses, self._flipped(j, t, theta, gamma) if attack.needs_flipped else None)
         return attack(honest, ctx)
 

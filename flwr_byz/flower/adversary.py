@@ -280,18 +280,20 @@ class OmniscientAdversary(Strategy):
             server_round=server_round, gamma=gamma, server_lr=rule.server_lr, aggregation=rule.spec,
             aggregation_f=rule.f, aggregation_params=params, num_nodes=n, num_attackers=len(nodes),
             order=order, model=global_arrays, honest=gradients, train_config=config, names=self._names(),
+            reference=getattr(self.strategy, "reference", None),  # FLTrust's g0: the omniscient adversary knows it
         )
         assert self.roles is not None
         if all(self.roles[node].oracle == HONEST_ORACLE and ATTACKS[self.roles[node].attack].needs_loss
                for node in nodes):
             here, metrics = self._attack_here(request, [r.metadata.src_node_id for r in honest])
-            answered = self._exchange([dataclasses.replace(request, honest=None, echo=here.model).to_message(node)
+            answered = self._exchange([dataclasses.replace(request, honest=None, reference=None,
+                                                           echo=here.model).to_message(node)
                                        for node in nodes])
         else:
             shared = all(self.roles[node].shared for node in nodes)
             answered = self._exchange([request.to_message(node) for node in (nodes[:1] if shared else nodes)])
             if shared and len(nodes) > 1:  # one node computed the vector: the others send the same model
-                echo = dataclasses.replace(request, honest=None, echo=answered[0][1].model)
+                echo = dataclasses.replace(request, honest=None, reference=None, echo=answered[0][1].model)
                 answered += self._exchange([echo.to_message(node) for node in nodes[1:]])
             metrics = answered[0][1].metrics
         return [disguise(reply, answer, honest[0], camouflage) for reply, answer in answered], metrics

@@ -36,7 +36,8 @@ def byzantine_model(
     state = {k: v.to(device()) for k, v in request.model.to_torch_state_dict().items()}
     layout = FlatLayout.of(state)
     theta = layout.flatten(state, honest.dtype)
-    rule = get_aggregator(request.aggregation, request.aggregation_f, **request.aggregation_params)
+    rule = get_aggregator(request.aggregation, request.aggregation_f, **request.aggregation_params).with_reference(
+        None if request.reference is None else request.reference.to(device()))
     ctx = attack_context(
         rule, request.server_round, request.num_nodes, request.num_attackers, request.gamma * request.server_lr,
         theta, request.order, seed, rank, honest_loss, screening_loss,

@@ -48,6 +48,7 @@ ROLE_RECORD = "role"
 MODEL_RECORD = "model"
 HONEST_RECORD = "honest"
 ECHO_RECORD = "echo"
+REFERENCE_RECORD = "reference"
 CONFIG_RECORD = "attack-config"
 METRICS_RECORD = "attack-metrics"
 TRAIN_CONFIG_RECORD = "train-config"
@@ -139,7 +140,8 @@ class AttackRequest:
     the model another Byzantine node computed this round: send it as it is. ``train_config``
     is the config the honest nodes got with the model, and ``names`` the record names of
     the model and of that config in their instruction (a node that trains on flipped labels
-    rebuilds the instruction from them).
+    rebuilds the instruction from them). ``reference``: the server's own update of the round for a rule
+    that scores replies against it (FLTrust's ``g_0``); the defence is then the rule ``with_reference`` it.
     """
 
     server_round: int
@@ -156,6 +158,7 @@ class AttackRequest:
     echo: ArrayRecord | None = None
     train_config: ConfigRecord = field(default_factory=ConfigRecord)
     names: tuple[str, str] = ("arrays", "config")
+    reference: Tensor | None = None
 
     def to_message(self, node_id: int) -> Message:
         config = ConfigRecord({
@@ -169,17 +172,15 @@ class AttackRequest:
             content[HONEST_RECORD] = ArrayRecord({GRADIENTS: Array(to_numpy(self.honest))})
         if self.echo is not None:
             content[ECHO_RECORD] = self.echo
+        if self.reference is not None:
+            content[REFERENCE_RECORD] = ArrayRecord({GRADIENTS: Array(to_numpy(self.reference))})
         return Message(content, dst_node_id=node_id, message_type=ATTACK_TYPE)
 
     @classmethod
     def from_message(cls, msg: Message) -> AttackRequest:
         content = msg.content
         config = content.config_records[CONFIG_RECORD]
-        record, honest = content.array_records.get(HONEST_RECORD), None
-        if record is not None:  # a node about to compute an attack from them: the one use of torch here
-            import torch
-
-            honest = torch.from_numpy(np.array(record[GRADIENTS].numpy(), copy=True))
+        honest, reference = (_tensor(content.array_records.get(name)) for name in (HONEST_RECORD, REFERENCE_RECORD))
         return cls(
             server_round=int(config["server-round"]), gamma=float(config["gamma"]),
             server_lr=float(config["server-lr"]), aggregation=str(config["aggregation"]),
@@ -192,11 +193,22 @@ class AttackRequest:
             echo=content.array_records.get(ECHO_RECORD),
             train_config=content.config_records[TRAIN_CONFIG_RECORD],
             names=tuple(str(name) for name in config["names"]),  # type: ignore[arg-type, union-attr]
+            reference=reference,
         )
 
     def instruction(self) -> RecordDict:
         """The train instruction the honest nodes got this round (model and config under their record names)."""
         return RecordDict({self.names[0]: self.model, self.names[1]: self.train_config})
+
+
+def _tensor(record: ArrayRecord | None) -> Tensor | None:
+    """The array of a request's ``record`` as a tensor (``None`` if absent). Only a node about to compute an attack
+    receives one: the one use of torch here."""
+    if record is None:
+        return None
+    import torch
+
+    return torch.from_numpy(np.array(record[GRADIENTS].numpy(), copy=True))
 
 
 @dataclass

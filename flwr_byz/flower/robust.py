@@ -51,6 +51,10 @@ class RobustStrategy(FedAvg):
     ``random``; with a seed the sample of round ``t`` is a pure function of ``(sampling_seed, t)`` over
     the nodes sorted by ``node_key`` (default: node id; Flower draws new node ids for every run, so a
     reproducible sample needs a key of its own, e.g. the partition id the adversary learns).
+    ``root_train`` (required by rules that score replies against the server's own update, FLTrust):
+    ``(arrays, config) -> ArrayRecord``, the global model after the server's training step on its root data
+    with this round's train config (e.g. the app's own train function on ~100 held-out examples); its
+    pseudo-gradient ``g_0 = (theta - theta_0) / gamma_t`` is :attr:`reference` for the round.
     """
 
     def __init__(
@@ -63,12 +67,19 @@ class RobustStrategy(FedAvg):
         aggregation_params: dict[str, Any] | None = None,
         sampling_seed: int | None = None,
         node_key: Callable[[int], Any] | None = None,
+        root_train: Callable[[ArrayRecord, ConfigRecord], ArrayRecord] | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(**fedavg_kwargs)
         self.sampling_seed, self.node_key = sampling_seed, node_key
         self.aggregation_params = dict(aggregation_params or {})
         self.aggregator = get_aggregator(aggregation, f, **self.aggregation_params)
+        if self.aggregator.needs_reference and root_train is None:
+            raise ValueError(f"{aggregation!r} scores the replies against the server's own update: pass "
+                             "root_train=callable(arrays, config) -> ArrayRecord, the model after one training step "
+                             "on the server's root data (e.g. the app's train function on ~100 held-out examples)")
+        self.root_train = root_train
+        self.reference: Tensor | None = None  # this round's g0 (rules that need one)
         if not server_lr > 0:
             raise ValueError(f"server_lr must be positive, got {server_lr}")
         self.f = f
@@ -97,6 +108,9 @@ class RobustStrategy(FedAvg):
             messages = self._seeded_train(server_round, arrays, config, grid)
         self.aggregator.check(len(messages))
         self._arrays, self._gamma = arrays, gamma
+        if self.root_train is not None and self.aggregator.needs_reference:
+            trained = to_tensors(self.root_train(arrays, ConfigRecord(dict(config))))
+            self.reference = pseudo_gradients(to_tensors(arrays), [trained], gamma)[1][0]
         return messages
 
     def _seeded_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
@@ -112,8 +126,10 @@ class RobustStrategy(FedAvg):
         return list(self._construct_messages(record, nodes, MessageType.TRAIN))
 
     def aggregator_for(self, excluded: int, server_round: int = 0) -> Aggregation:
-        """The defended rule of ``server_round`` after ``excluded`` replies were dropped as Byzantine."""
-        return rule_after(self.aggregator, excluded, self.aggregation_params, server_round)
+        """The defended rule of ``server_round`` after ``excluded`` replies were dropped as Byzantine (scoring
+        against :attr:`reference` where the rule needs one)."""
+        return rule_after(self.aggregator, excluded, self.aggregation_params, server_round).with_reference(
+            self.reference)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from logging import INFO
 
 import torch
@@ -13,8 +14,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr_byz.settings import RunSettings
 from flwr_byz.results import RunLog
 from flwr_byz.flower import OmniscientAdversary, RobustStrategy
+from flwr_byz.flower.records import to_record
 from flwr_byz.tasks import Task, get_task
-from flwr_byz.node_data import evaluated, test_set
+from flwr_byz.node_data import TrustedUpdate, evaluated, test_set
 
 app = ServerApp()
 
@@ -55,6 +57,17 @@ def central_evaluator(settings: RunSettings, task: Task, adversary: OmniscientAd
     return evaluate
 
 
+def root_trainer(settings: RunSettings) -> Callable[[ArrayRecord, ConfigRecord], ArrayRecord]:
+    """``RobustStrategy``'s ``root_train``: the server's step on its root set (:class:`TrustedUpdate`, as the
+    engine takes it) from the round's global model, with the round's client step."""
+    trusted = TrustedUpdate(settings)
+
+    def train(arrays: ArrayRecord, config: ConfigRecord) -> ArrayRecord:
+        return to_record(trusted(arrays.to_torch_state_dict(), int(config["server-round"]), float(config["lr"])))
+
+    return train
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config)
@@ -71,6 +84,7 @@ def main(grid: Grid, context: Context) -> None:
         aggregation_params=settings.aggregation_kwargs, lr_schedule=settings.lr_at, fraction_evaluate=0.0,
         fraction_train=settings.fraction_train, min_train_nodes=settings.aggregator().min_n() if sampled else n,
         min_available_nodes=n, sampling_seed=settings.seed if sampled else None,
+        root_train=root_trainer(settings) if settings.root_size else None,
     )
     adversary = OmniscientAdversary(strategy, attack=settings.attack != "none", seed=settings.seed)
     adversary.discover_roles(grid)  # the nodes' partition ids, before round 1's sample
