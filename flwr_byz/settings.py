@@ -128,6 +128,9 @@ class RunSettings:
     server_lr: float = 1.0
     """The server's step on the aggregate, as a multiple of the learning rate."""
     root_size: int | None = None
+    """Class-balanced training examples held out of the honest partitions as the server's root set, on which it
+    computes its own update each round for rules that score replies against it (FLTrust); ``auto``: 100 for those
+    rules, else 0."""
     eval_every: int = 10
     """Evaluate the global model on the test set every this many rounds (and at the last)."""
     eval_size: int = 0
