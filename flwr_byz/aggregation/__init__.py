@@ -12,6 +12,8 @@ from flwr_byz.aggregation.bulyan import Bulyan
 from flwr_byz.aggregation.caf import CovarianceBoundAgnosticFilter
 from flwr_byz.aggregation.centered_clipping import CenteredClipping
 from flwr_byz.aggregation.clipping import StaticClipping
+from flwr_byz.aggregation.dnc import DnC
+from flwr_byz.aggregation.flame import Flame
 from flwr_byz.aggregation.fltrust import FLTrust
 from flwr_byz.aggregation.geometric_median import GeometricMedian
 from flwr_byz.aggregation.krum import Krum, MultiKrum
@@ -21,6 +23,7 @@ from flwr_byz.aggregation.meamed import MeanAroundMedian
 from flwr_byz.aggregation.median import CoordinateMedian
 from flwr_byz.aggregation.nnm import NearestNeighborMixing
 from flwr_byz.aggregation.pipeline import PRE_AGGREGATORS, RULES, Aggregation, get_aggregator
+from flwr_byz.aggregation.signguard import SignGuard
 from flwr_byz.aggregation.trimmed_mean import TrimmedMean
 
 __all__ = [
@@ -31,6 +34,8 @@ __all__ = [
     "CenteredClipping",
     "CoordinateMedian",
     "CovarianceBoundAgnosticFilter",
+    "DnC",
+    "Flame",
     "FLTrust",
     "GeometricMedian",
     "Krum",
@@ -43,6 +48,7 @@ __all__ = [
     "PreAggregator",
     "RULES",
     "Rule",
+    "SignGuard",
     "StaticClipping",
     "TrimmedMean",
     "Weighted",

@@ -14,6 +14,8 @@ from flwr_byz.aggregation.bulyan import Bulyan
 from flwr_byz.aggregation.caf import CovarianceBoundAgnosticFilter
 from flwr_byz.aggregation.centered_clipping import CenteredClipping
 from flwr_byz.aggregation.clipping import StaticClipping
+from flwr_byz.aggregation.dnc import DnC
+from flwr_byz.aggregation.flame import Flame
 from flwr_byz.aggregation.fltrust import FLTrust
 from flwr_byz.aggregation.geometric_median import GeometricMedian
 from flwr_byz.aggregation.krum import Krum, MultiKrum
@@ -22,12 +24,13 @@ from flwr_byz.aggregation.mean import Mean, Weighted
 from flwr_byz.aggregation.meamed import MeanAroundMedian
 from flwr_byz.aggregation.median import CoordinateMedian
 from flwr_byz.aggregation.nnm import NearestNeighborMixing
+from flwr_byz.aggregation.signguard import SignGuard
 from flwr_byz.aggregation.trimmed_mean import TrimmedMean
 
 RULES: dict[str, type[Rule]] = {
     cls.name: cls
     for cls in (Mean, CoordinateMedian, TrimmedMean, GeometricMedian, Krum, MultiKrum, Bulyan, CenteredClipping,
-                FLTrust,
+                FLTrust, DnC, SignGuard, Flame,
                 MeanAroundMedian, MinimumDiameterAveraging, CovarianceBoundAgnosticFilter)
 }
 PRE_AGGREGATORS: dict[str, type[PreAggregator]] = {
@@ -126,9 +129,9 @@ def _accepted(cls: type[Stage]) -> set[str]:
 def get_aggregator(spec: str, f: int, n: int | None = None, **params: Any) -> Aggregation:
     """Build the aggregation named by ``spec`` for ``f`` Byzantine inputs.
 
-    ``spec`` is a rule (``mean, cm, tm, gm, krum, multikrum, bulyan, cc, meamed, mda, caf, fltrust``) optionally
-    preceded by pre-aggregators (``nnm, bucketing, clipping, arc``) joined with ``+``, e.g. ``"nnm+gm"``,
-    ``"arc+nnm+cm"``.
+    ``spec`` is a rule (``mean, cm, tm, gm, krum, multikrum, bulyan, cc, meamed, mda, caf, fltrust, dnc,
+    signguard, flame``) optionally preceded by pre-aggregators (``nnm, bucketing, clipping, arc``) joined with
+    ``+``, e.g. ``"nnm+gm"``, ``"arc+nnm+cm"``.
     Each keyword in ``params`` goes to every stage that accepts it (``nu`` to GM,
     ``s`` to bucketing, ...). If ``n`` is given, the preconditions are checked now.
 

@@ -53,12 +53,13 @@ def defended_rule(strategy: Strategy, n: int) -> DefendedRule:
     )
 
 
-F_FREE_RULES = ("mean", "cm", "gm", "fltrust")  # rules whose output does not depend on the f they are given
+F_FREE_RULES = ("mean", "cm", "gm", "fltrust", "signguard", "flame")  # outputs that do not depend on their f
 
 
 def tolerated_f(rule: DefendedRule, n: int) -> int:
     """The most Byzantine nodes among ``n`` the defence is built for: fewer than half (no rule
     survives ``f >= n/2``), and at most the rule's own ``f`` when its output depends on it (Krum, TM,
-    NNM, Bulyan, ...). The f-free rules (mean, CM, GM: FedAvg, FedMedian; FLTrust) get the first bound."""
+    NNM, Bulyan, DnC, ...). The f-free rules (mean, CM, GM: FedAvg, FedMedian; FLTrust, SignGuard, FLAME) get the
+    first bound."""
     bound = (n - 1) // 2
     return bound if rule.spec in F_FREE_RULES else min(bound, rule.f)
