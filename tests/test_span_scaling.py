@@ -195,3 +195,33 @@ def test_the_new_breakpoints_reach_the_former_searchs_damage(monkeypatch: pytest
                 gaps.append(loss - before)
                 assert loss >= before - 1e-12 * max(1.0, abs(before)), (seed, spec, task, loss, before)
     assert len(gaps) == 36
+
+
+@pytest.mark.parametrize("spec", ["cm", "tm"])
+def test_coordinate_rules_alone_sort_the_honest_rows_once_and_equal_the_rule(spec: str) -> None:
+    """CM and TM without pre-aggregation need no span (the honest rows are every candidate's): the candidate
+    aggregates are clamps of the copies against the honest order statistics, equal to the rule on whole
+    stacks, bit for bit."""
+    h, f, d = 40, 10, 300
+    honest = honest_vectors(3, h, d, 0.5).float()
+    agg = get_aggregator(spec, f=f)
+    fast = span_aggregation(agg, honest, f)
+    assert fast.basis is None
+    lams = torch.tensor([-1e6, -3.0, 0.0, 0.7, 1.0, 1.3, 40.0], dtype=torch.float64)
+    stacks = torch.cat([honest.expand(len(lams), h, d), (lams.float()[:, None] * honest.mean(0)).unsqueeze(1)
+                        .expand(len(lams), f, d)], dim=1)
+    if spec == "cm":  # one order statistic: the same value
+        assert torch.equal(fast(lams), agg(stacks))
+    else:  # TM averages the kept values in another order
+        torch.testing.assert_close(fast(lams), agg(stacks), rtol=1e-6, atol=1e-6)
+
+
+def test_the_span_is_built_only_where_it_pays() -> None:
+    """The basis costs O(h^2 d) once: kept for quadratic pipelines at any n and for GM while it repays its
+    8 iterations per candidate; rules linear in n score their candidates directly past a few dozen rows."""
+    def built(spec: str, h: int) -> bool:
+        return span_aggregation(get_aggregator(spec, f=h // 4), honest_vectors(1, h, 50, 0.5), h // 4) is not None
+
+    assert built("mean", 12) and not built("mean", 200)
+    assert built("gm", 200) and not built("gm", 800)
+    assert built("nnm+mean", 800) and built("krum", 400) and built("nnm+gm", 800)

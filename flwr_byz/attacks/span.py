@@ -58,11 +58,12 @@ from flwr_byz.aggregation import (
     Weighted,
 )
 from flwr_byz.aggregation.base import pairwise_sq_distances
-from flwr_byz.aggregation.sorting import order_statistics
+from flwr_byz.aggregation.sorting import FUSE_MIN_NUMEL, order_statistics
 
 SPAN_PRE = (NearestNeighborMixing, StaticClipping)
 SPAN_RULES = (Mean, GeometricMedian, Krum, MultiKrum)
 COORDINATE_RULES = (CoordinateMedian, TrimmedMean)
+CANDIDATES = 35  # aggregates JUMP's default search scores per round (34-36 measured): what the span must repay
 BLOCK = 2**14  # coordinates per block of the coordinate-wise rules: the h lifted rows stay in cache
 MAX_COND = 1e3  # Cholesky QR above this condition number of the honest stack loses orthogonality (> 1e-10)
 SIDE = 1e-9  # relative offset of the lambdas just left and right of a breakpoint
@@ -182,21 +183,45 @@ def span_aggregation(aggregator: object, honest: Tensor, f: int,
     if type(rule) not in SPAN_RULES + COORDINATE_RULES or (type(rule) is GeometricMedian and rule.start == "median"):
         return None
     aggregator.check(len(honest) + f)
+    if not aggregator.pre and type(rule) in COORDINATE_RULES:
+        return SpanAggregation(aggregator, honest, f, direct=True)  # unweighted: the order does not matter
+    if not span_pays(aggregator, len(honest), len(honest) + f):
+        return None
     return SpanAggregation(aggregator, honest, f, order)
 
 
-class SpanAggregation:
-    """The exact candidate aggregates of ``span_aggregation`` (module docstring), in float64 coordinates."""
+def span_pays(aggregation: Aggregation, h: int, n: int) -> bool:
+    """Whether the span's one-off ``O(h^2 d)`` (the Gram matrix and the basis) costs less than scoring
+    :data:`CANDIDATES` aggregates directly: always with a quadratic stage (NNM, Krum, MultiKrum: ``O(n^2 d)`` per
+    candidate), else while ``h^2 <= CANDIDATES * n * passes`` (``passes``: GM's iterations, 1 for the mean):
+    ``h <= ~44`` for the mean and ``~350`` for GM, as ``benchmarks/bench_jump_scaling.py`` measures."""
+    if type(aggregation.rule) in (Krum, MultiKrum) or any(type(s) is NearestNeighborMixing for s in aggregation.pre):
+        return True
+    passes = aggregation.rule.iterations if type(aggregation.rule) is GeometricMedian else 1
+    return h * h <= CANDIDATES * n * passes
 
-    def __init__(self, aggregation: Aggregation, honest: Tensor, f: int, order: Tensor | None = None) -> None:
-        basis, self.coords = orthonormal_span(honest)
+
+class SpanAggregation:
+    """The exact candidate aggregates of ``span_aggregation`` (module docstring), in float64 coordinates;
+    ``direct``: CM or TM without pre-aggregation, whose honest rows are every candidate's: they are sorted once
+    in ``R^d`` (no basis, ``basis`` is ``None``) and each candidate is a clamp of its copies."""
+
+    def __init__(self, aggregation: Aggregation, honest: Tensor, f: int, order: Tensor | None = None,
+                 direct: bool = False) -> None:
         self.aggregation, self.f = aggregation, f
+        if direct:
+            self.coords, self.basis, self.order = honest, None, None
+            return
+        basis, self.coords = orthonormal_span(honest)
         weighted = isinstance(aggregation.rule, Weighted) and aggregation.rule.weights is not None
         self.order = order.to(self.coords.device) if weighted and order is not None else None
         self.basis = basis.to(honest.dtype)  # (p, d) in the honest dtype; coords (h, p) in float64
 
     def __call__(self, lams: Tensor) -> Tensor:
         (h, p), k = self.coords.shape, len(lams)
+        if self.basis is None:  # direct: one set of honest rows, the copies lambda gbar
+            copies = lams.to(self.coords)[:, None] * self.coords.mean(0)
+            return self._coordinate_rule(self.coords.unsqueeze(0), copies)
         copies = (lams.double()[:, None] * self.coords.mean(0)).unsqueeze(1).expand(k, self.f, p)
         x = torch.cat([self.coords.expand(k, h, p), copies], dim=1)
         if self.order is not None:  # a weighted rule: its weights are in the defence's row order
@@ -234,25 +259,34 @@ class SpanAggregation:
         Work goes block by block of ``BLOCK`` coordinates (lift, selection network, clamps), so
         the ``h`` lifted rows stay in cache: about 2.4x faster than whole ``(k, h, d)`` rows on CPU.
         """
-        (k, h, p), n, f = ys.shape, ys.shape[1] + self.f, self.f
-        blocks, which = torch.unique(ys.flatten(1), dim=0, return_inverse=True)
+        (_, h, p), k, n, f = ys.shape, len(v), ys.shape[1] + self.f, self.f
+        if len(ys) == 1:  # direct: the honest rows of every candidate, once
+            blocks, which = ys.flatten(1), torch.zeros(k, dtype=torch.long, device=v.device)
+        else:
+            blocks, which = torch.unique(ys.flatten(1), dim=0, return_inverse=True)
         gather = len(blocks) < k  # some candidates share their honest rows: lift and sort those once
         if not gather:
             blocks = ys.flatten(1)  # in candidate order
-        rows = blocks.reshape(-1, p).to(self.basis.dtype)  # (k' h, p): one product lifts every block
-        v = v.to(self.basis.dtype)
+        dtype = self.coords.dtype if self.basis is None else self.basis.dtype
+        rows = blocks.reshape(-1, p).to(dtype)  # (k' h, p): one product lifts every block
+        v = v.to(dtype)
         if type(self.aggregation.rule) is CoordinateMedian:
             ranks = [(n + 1) // 2] if n % 2 else [n // 2, n // 2 + 1]
         else:
             ranks = list(range(self.aggregation.rule.f + 1, n - self.aggregation.rule.f + 1))
         wires = sorted({r - 1 for q in ranks for r in (q - f, q) if 1 <= r <= h})
-        out = v.new_empty(k, self.basis.shape[1])
-        # Compiled whatever the size: JUMP calls it ~5 times a round for a whole run, which repays the one
-        # compilation per process even on logistic regression (d = 7,850: 1.4x faster than eager per round).
-        for lo in range(0, self.basis.shape[1], BLOCK):
-            basis = self.basis[:, lo : lo + BLOCK]
-            s = order_statistics((rows @ basis).view(len(blocks), h, -1).unbind(1), wires, fuse=True)
-            copies = v @ basis
+        d = p if self.basis is None else self.basis.shape[1]
+        out = v.new_empty(k, d)
+        # Large models: every block, however small, goes compiled; small ones (logistic regression) where a call's
+        # candidates make rows of FUSE_MIN_NUMEL entries (order_statistics' default: 1.2x faster per round).
+        fuse = True if d >= FUSE_MIN_NUMEL else None
+        for lo in range(0, d, BLOCK):
+            if self.basis is None:
+                lifted, copies = rows[:, lo : lo + BLOCK], v[:, lo : lo + BLOCK]
+            else:
+                basis = self.basis[:, lo : lo + BLOCK]
+                lifted, copies = rows @ basis, v @ basis
+            s = order_statistics(lifted.reshape(len(blocks), h, -1).unbind(1), wires, fuse=fuse)
 
             def order_stat(q: int) -> Tensor:
                 """The ``q``-th smallest of the ``n`` values: ``clamp(v, s_(q-f), s_q)``."""
