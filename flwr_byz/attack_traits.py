@@ -34,6 +34,11 @@ TRAITS: dict[str, Traits] = {
     "jump": Traits(needs_loss=True),
     "gaussian": Traits(shared=False),
     "inf": Traits(),
+    "ipm": Traits(),
+    "alie-opt": Traits(),
+    "ipm-opt": Traits(),
+    "fang": Traits(shared=False),  # the trimmed-mean variant: each node draws its own values
+    "agr-tailored": Traits(),
 }
 """The traits of every attack a run config can name (the names of :data:`flwr_byz.attacks.ATTACKS`)."""
 

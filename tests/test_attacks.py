@@ -159,9 +159,10 @@ def test_mimic_state_round_trips_through_state_dict() -> None:
 
 
 def test_get_attack_names_and_errors() -> None:
-    assert set(ATTACKS) == {"sf", "foe", "alie", "lf", "mimic", "minmax", "minsum", "jump", "gaussian", "inf"}
+    assert set(ATTACKS) == {"sf", "foe", "alie", "lf", "mimic", "minmax", "minsum", "jump", "gaussian", "inf",
+                            "ipm", "alie-opt", "ipm-opt", "fang", "agr-tailored"}  # the last five: test_attacks_field
     assert get_attack("SF").name == "sf"
-    with pytest.raises(ValueError, match=r"unknown attack 'nope'; valid: \['alie'"):
+    with pytest.raises(ValueError, match=r"unknown attack 'nope'; valid: \['agr-tailored', 'alie'"):
         get_attack("nope")
     with pytest.raises(ValueError, match=r"valid: \['eps'\]"):
         get_attack("foe", epsilon=1.0)

@@ -6,13 +6,18 @@ import inspect
 
 from flwr_byz.attacks.base import Attack
 from flwr_byz.attacks.closed_form import ALittleIsEnough, FallOfEmpires, Gaussian, Inf, LabelFlip, SignFlip
+from flwr_byz.attacks.fang import Fang
+from flwr_byz.attacks.ipm import InnerProductManipulation
 from flwr_byz.attacks.jump import Jump
 from flwr_byz.attacks.mimic import Mimic
 from flwr_byz.attacks.minmax import MinMax, MinSum
+from flwr_byz.attacks.optimal import OptimalALIE, OptimalIPM
+from flwr_byz.attacks.tailored import AGRTailored
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
-    for cls in (SignFlip, FallOfEmpires, ALittleIsEnough, LabelFlip, Mimic, MinMax, MinSum, Jump, Gaussian, Inf)
+    for cls in (SignFlip, FallOfEmpires, ALittleIsEnough, LabelFlip, Mimic, MinMax, MinSum, Jump, Gaussian, Inf,
+                InnerProductManipulation, OptimalALIE, OptimalIPM, Fang, AGRTailored)
 }
 
 
