@@ -172,7 +172,7 @@ class RunSettings:
         if self.root_size < 0:
             raise ValueError(f"root-size must be >= 0, got {self.root_size}")
         if self.attack != "none" and not self.planning:  # planners check their own parameters
-            self.make_attack()
+            self.make_attack().check_rule(self.aggregator())
         self.loss_sampling()
         for name in ("rounds", "batch_size", "eval_every", "jump_loss_size"):
             if getattr(self, name) < 1:

@@ -128,6 +128,10 @@ class Attack(ABC):
     def _attack(self, honest: Tensor, ctx: AttackContext) -> Tensor:
         """The Byzantine vector for validated inputs."""
 
+    def check_rule(self, aggregator: Aggregator) -> None:
+        """Raise ``ValueError`` if the attack has nothing to send against ``aggregator`` (e.g. Fang against a rule
+        it has no variant for); run settings call it before training. Most attacks attack any rule."""
+
     def reset(self) -> None:
         """Forget state carried across rounds (no-op for stateless attacks)."""
 

@@ -100,6 +100,9 @@ class Fang(Attack):
         self.variant, self.b, self.tol = variant, float(b), float(tol)
         self.lookahead, self.max_batch_elems = lookahead, max_batch_elems
 
+    def check_rule(self, aggregator: Aggregator) -> None:
+        self.variant_for(aggregator)
+
     def variant_for(self, aggregator: Aggregator | None) -> str:
         """The variant sent against ``aggregator`` (``krum`` or ``trim``); ``ValueError`` for a rule Fang et al.
         give none for (with ``variant="auto"``)."""
