@@ -25,6 +25,7 @@ from flwr_byz.attack_traits import TRAITS
 from flwr_byz.attacks import ATTACKS, AttackContext, get_attack
 from flwr_byz.attacks.optimal import ByzflSearch, speculative_search
 from flwr_byz.attacks.tailored import Bisection
+from flwr_byz.engine import run
 from flwr_byz.results import read_run
 from flwr_byz.settings import RunSettings
 
