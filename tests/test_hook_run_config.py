@@ -77,7 +77,7 @@ def test_the_run_configs_seed_reaches_the_hook_and_orders_the_replies():
 
 
 def test_an_honest_runs_seed_comes_from_the_run_overrides():
-    """Without Byzantine nodes the nodes refuse the role query; the hook reads the seed from the run's
+    """Without Byzantine nodes the nodes answer the role query with no role; the hook reads the seed from the run's
     --run-config overrides (what `flwr-byz audit` passes), else uses 0."""
     adversary, _, _, _ = one_round(run_config(seed=5), RunGrid)
     assert adversary.seed == 5

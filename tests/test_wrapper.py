@@ -3,15 +3,19 @@ and the test app `userapp`, messages delivered by a loopback Grid; `flwr run` ve
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import sys
+import traceback
+from logging import ERROR
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg, FedMedian, Krum, MultiKrum
 
 from conftest import ROOT
@@ -315,7 +319,6 @@ def attack_request(node: int) -> Message:
 
 
 @pytest.mark.parametrize("run_config, message, node, why", [
-    (config(), role_query(1), 1, r"num-byzantine = 0\): the adversary protocol is off"),
     (config(), attack_request(5), 5, "the adversary protocol is off"),
     (config(), score_request(1, 2), 1, "the adversary protocol is off"),
     (config(attack="sf", **{"num-byzantine": 1}), attack_request(1), 1, "partition 0 is honest: it computes no attack"),
@@ -336,8 +339,55 @@ def test_adversary_requests_are_refused_outside_attacked_runs_without_calling_th
     assert spy.calls == 0
 
 
+def test_the_role_query_of_an_honest_run_gets_no_role_as_a_reply_not_an_error():
+    """Without Byzantine nodes the role query is answered "no role": a reply naming why, not an error (Flower
+    would log an error with its traceback for every node), read by the hook as None; the user's code never runs."""
+    spy = Spy()
+    (reply,) = LoopbackGrid(byzantine(spy.app), simulation_contexts(config(), N)).send_and_receive([role_query(1)])
+    assert not reply.has_error()
+    assert dict(reply.content["role"]) == {"no-role": "the run config has no Byzantine node (num-byzantine = 0): "
+                                                      "the adversary protocol is off"}
+    assert NodeRole.from_reply(reply) is None and spy.calls == 0
+
+
+class FlowerLikeGrid(LoopbackGrid):
+    """A loopback Grid that logs a client exception as Flower's simulation does (ERROR, then its traceback)."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        app = self.app
+
+        def logged(msg, context):
+            try:
+                return app(msg, context)
+            except Exception as err:
+                log(ERROR, err)
+                log(ERROR, traceback.format_exc())
+                raise
+
+        self.app = logged
+        try:
+            return super().send_and_receive(messages, timeout=timeout)
+        finally:
+            self.app = app
+
+
+def test_a_run_without_byzantine_nodes_logs_no_error(caplog):
+    """The example app wrapped with byzantine(), honest run: role discovery, a round of training and federated
+    evaluation through the hook log nothing at ERROR level, and every node answered without an error."""
+    grid = FlowerLikeGrid(user.app, simulation_contexts(config(), N))
+    adversary = OmniscientAdversary(everyone(FedMedian), seed=1)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        messages = adversary.configure_train(1, global_model(), ConfigRecord({"lr": GAMMA}), grid)
+        new, _ = adversary.aggregate_train(1, grid.send_and_receive(messages))
+        evaluated = grid.send_and_receive([instruction("evaluate", node, new) for node in grid.nodes])
+    assert adversary.roles == dict.fromkeys(range(1, N + 1)) and adversary.byzantine == set()
+    assert "Adversary: 0 Byzantine of 5 nodes" in caplog.text  # the log was captured
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert not any(r.has_error() for r in grid.send_and_receive([role_query(1)]) + evaluated)
+
+
 def test_an_honest_run_aggregates_in_an_order_that_does_not_depend_on_node_ids():
-    """Roles are refused in an honest run, so the hook orders replies by their content: two runs whose nodes got
+    """Nodes have no role in an honest run, so the hook orders replies by their content: two runs whose nodes got
     other ids (as Flower draws them anew) aggregate bit for bit the same model, and no node is Byzantine."""
     results = []
     for ids in ([1, 2, 3, 4, 5], [40, 7, 23, 11, 5]):

@@ -67,8 +67,8 @@ class OmniscientAdversary(Strategy):
 
     ``seed`` (the reply shuffle, the hook's attack randomness) and ``loss_key`` default to the run
     config's ``seed`` and ``loss-key`` (:class:`~flwr_byz.adversary_config.Adversary`), which the nodes report with
-    their roles; in a run without Byzantine nodes, whose nodes refuse the role query, the seed is the
-    ``--run-config`` override's, else 0. The seed in use is logged with the defence.
+    their roles; in a run without Byzantine nodes, whose nodes answer the role query with "no role", the seed is
+    the ``--run-config`` override's, else 0. The seed in use is logged with the defence.
     """
 
     def __init__(self, strategy: Strategy, defended: DefendedRule | None = None, attack: bool = True,
@@ -78,7 +78,7 @@ class OmniscientAdversary(Strategy):
         self.evaluate_config, self.timeout = ConfigRecord(), 3600.0  # as start() got them (JUMP's score requests)
         self.seed = 0 if seed is None else seed
         self.rng = random.Random(self.seed)
-        self.roles: dict[int, NodeRole | None] | None = None  # None: refused, the run has no Byzantine node
+        self.roles: dict[int, NodeRole | None] | None = None  # a node's None: no role, the run has no Byzantine node
         self._grid: Grid | None = None
         self._instruction: RecordDict | None = None
         self._byzantine_nodes: list[int] = []

@@ -4,7 +4,8 @@ flwr_byz: a user's app and the paper's honest D-SGD app (``flwr_byz.flower.paper
 Honest messages go to the wrapped app unchanged (train, evaluate, the app's own queries, with its mods); the
 wrapper answers only the adversary protocol (``flwr_byz.flower.protocol``), and only in a run whose config has
 Byzantine nodes (``num-byzantine > 0``, :class:`~flwr_byz.adversary_config.Adversary`): otherwise the app behaves
-exactly like the unwrapped one and every adversary request gets an error reply naming why. In such a run:
+exactly like the unwrapped one: the role query gets a "no role" reply (not an error, so Flower logs nothing) and
+every other adversary request an error reply naming why. In such a run:
 
 * the role query is answered by every node;
 * an attack request only by a Byzantine node (the last ``num-byzantine`` partition ids) of a run whose attack is
@@ -127,7 +128,10 @@ class ByzantineClientApp(ClientApp):
         return adversary, Role.at(context, adversary.num_byzantine)
 
     def _role(self, msg: Message, context: Context) -> Message:
-        """This node's :class:`NodeRole`."""
+        """This node's :class:`NodeRole`; "no role" (:meth:`NodeRole.none_reply`) in a run without Byzantine
+        nodes, where the hook runs without an adversary."""
+        if not Adversary.from_run_config(context.run_config).num_byzantine:
+            return NodeRole.none_reply(msg, f"the run config has no Byzantine node (num-byzantine = 0): {OFF}")
         adversary, role = self._run(context)
         if adversary.attacking and TRAITS[adversary.attack].needs_flipped and self.label_transform is None:
             raise ValueError(f"attack {adversary.attack!r} trains your model on flipped labels, and only your code "

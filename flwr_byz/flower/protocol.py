@@ -3,7 +3,9 @@
 Both sides import this module, so message types, record names and config keys are
 written once. Three exchanges:
 
-* Role query (``query.role``, once per node): each node answers a :class:`NodeRole`.
+* Role query (``query.role``, once per node): each node answers a :class:`NodeRole`; in a run without
+  Byzantine nodes it answers "no role" (:meth:`NodeRole.none_reply`, a record, not an error: Flower logs
+  nothing), and the hook runs without an adversary.
 * Attack (``train.attack``, each round, only to Byzantine nodes): an :class:`AttackRequest`
   carries the global model, the honest pseudo-gradients ``(h, d)``, the step sizes and the
   defended rule; the node answers an :class:`AttackReply` (its model ``theta - gamma_t a``
@@ -42,6 +44,7 @@ SCORE_TYPE = f"{MessageType.EVALUATE}.{SCORE_ACTION}"
 LOCAL_ORACLE, HONEST_ORACLE = "local", "honest-nodes"
 REFUSED = "flwr-byz refused"  # starts the error reason of an adversary request a node does not answer
 OFF = "the adversary protocol is off"  # ... because the run has no Byzantine node
+NO_ROLE = "no-role"  # key of a role reply that carries no role (the run has no Byzantine node), with the reason
 MAX_SCORE_CANDIDATES = 256  # candidate models one score request may carry
 
 ROLE_RECORD = "role"
@@ -84,9 +87,16 @@ class NodeRole:
                                "seed": self.seed, "loss-key": self.loss_key})
         return Message(RecordDict({ROLE_RECORD: record}), reply_to=msg)
 
+    @staticmethod
+    def none_reply(msg: Message, why: str) -> Message:
+        """The answer of a node without a role (the run has no Byzantine node): a role record holding only
+        :data:`NO_ROLE` and ``why``. A reply, not an error, so Flower logs nothing for it."""
+        return Message(RecordDict({ROLE_RECORD: ConfigRecord({NO_ROLE: why})}), reply_to=msg)
+
     @classmethod
     def from_reply(cls, reply: Message) -> NodeRole | None:
-        """The node's role; ``None`` if it refused because the run has no Byzantine node (an honest run)."""
+        """The node's role; ``None`` if it has none because the run has no Byzantine node (an honest run): its
+        reply is :meth:`none_reply` (or, from a node of flwr-byz before it, an error refusing the query as off)."""
         node = reply.metadata.src_node_id
         if reply.has_error() and REFUSED in reply.error.reason and OFF in reply.error.reason:
             return None
@@ -103,6 +113,8 @@ class NodeRole:
                 f"node {node} does not speak the adversary protocol (no {ROLE_RECORD!r} record in its {ROLE_TYPE} "
                 "reply): wrap your ClientApp with `app = flwr_byz.flower.byzantine(app)`"
             )
+        if NO_ROLE in record:
+            return None
         return cls(bool(record["byzantine"]), int(record["rank"]), bool(record["shared"]), str(record["attack"]),
                    str(record["attack-params"]), str(record["oracle"]), int(record["seed"]), str(record["loss-key"]))
 
