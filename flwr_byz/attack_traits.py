@@ -39,6 +39,9 @@ TRAITS: dict[str, Traits] = {
     "ipm-opt": Traits(),
     "fang": Traits(shared=False),  # the trimmed-mean variant: each node draws its own values
     "agr-tailored": Traits(),
+    "mpaf": Traits(),  # stateful (base model) but deterministic: one vector per round, kept by the leader
+    "poisonedfl": Traits(),  # stateful (model history, sign vector, scale), deterministic given the seed
+    "rop": Traits(),  # stateful (last model and step), deterministic
 }
 """The traits of every attack a run config can name (the names of :data:`flwr_byz.attacks.ATTACKS`)."""
 

@@ -11,13 +11,17 @@ from flwr_byz.attacks.ipm import InnerProductManipulation
 from flwr_byz.attacks.jump import Jump
 from flwr_byz.attacks.mimic import Mimic
 from flwr_byz.attacks.minmax import MinMax, MinSum
+from flwr_byz.attacks.mpaf import MPAF
 from flwr_byz.attacks.optimal import OptimalALIE, OptimalIPM
+from flwr_byz.attacks.poisonedfl import PoisonedFL
+from flwr_byz.attacks.rop import RelocatedOrthogonalPerturbation
 from flwr_byz.attacks.tailored import AGRTailored
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
     for cls in (SignFlip, FallOfEmpires, ALittleIsEnough, LabelFlip, Mimic, MinMax, MinSum, Jump, Gaussian, Inf,
-                InnerProductManipulation, OptimalALIE, OptimalIPM, Fang, AGRTailored)
+                InnerProductManipulation, OptimalALIE, OptimalIPM, Fang, AGRTailored,
+                MPAF, PoisonedFL, RelocatedOrthogonalPerturbation)
 }
 
 
