@@ -292,3 +292,16 @@ def test_compiled_selection_network_is_exact_on_adversarial_rows(dtype: torch.dt
     eager = dict(zip(ranks, sorting._selection(n, ranks)(*rows.unbind(0)), strict=True))
     for r in ranks:
         assert torch.equal(compiled[r], expected[r]) and torch.equal(eager[r], expected[r])
+
+
+def test_large_networks_stay_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A selection network over more than FUSE_MAX_ROWS rows (CM at n = 500) would take minutes to compile: it
+    runs eager even when asked to fuse, and still equals torch.sort."""
+    def no_compile(*args):
+        raise AssertionError("compiled a network of more than FUSE_MAX_ROWS rows")
+
+    monkeypatch.setattr(sorting, "_compiled", no_compile)
+    n = sorting.FUSE_MAX_ROWS + 1
+    rows = torch.randn(n, sorting.FUSE_MIN_NUMEL, generator=torch.Generator().manual_seed(0))
+    got = order_statistics(rows.unbind(0), (n // 2,), fuse=True)
+    assert torch.equal(got[n // 2], rows.sort(dim=0).values[n // 2])

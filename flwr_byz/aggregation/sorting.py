@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 FUSE_MIN_NUMEL = 2**16  # rows at least this large (on CPU) go through the compiled network by default
+FUSE_MAX_ROWS = 64  # larger networks (O(n log^2 n) comparators) take minutes to compile: always eager
 log = logging.getLogger(__name__)
 _fusion_works = True  # False once compiling failed in this process
 
@@ -28,7 +29,8 @@ def order_statistics(rows: Sequence[Tensor], ranks: Iterable[int], fuse: bool | 
     """``{r: out[r]}`` for the elementwise sort ``out[0] <= ... <= out[n-1]`` of equally shaped ``rows``
     (0-based ranks; ``rows`` is not modified). Only the comparators that reach ``ranks`` run. ``fuse``: use the
     compiled network on CPU (default: for rows of at least ``FUSE_MIN_NUMEL`` entries, where it repays the
-    seconds a process spends compiling it once)."""
+    seconds a process spends compiling it once; never for more than ``FUSE_MAX_ROWS`` rows, whose networks take
+    minutes to compile)."""
     ranks = tuple(sorted(set(ranks)))
     if not ranks:
         return {}
@@ -37,7 +39,7 @@ def order_statistics(rows: Sequence[Tensor], ranks: Iterable[int], fuse: bool | 
     global _fusion_works
     if fuse is None:
         fuse = rows[0].numel() >= FUSE_MIN_NUMEL
-    if fuse and _fusion_works and rows[0].device.type == "cpu":
+    if fuse and _fusion_works and rows[0].device.type == "cpu" and len(rows) <= FUSE_MAX_ROWS:
         try:
             return dict(zip(ranks, _compiled(len(rows), ranks)(*rows), strict=True))
         except Exception as error:  # no C++ compiler, an unsupported platform: the eager network is exact too
