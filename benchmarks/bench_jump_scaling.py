@@ -117,7 +117,7 @@ def measure(n: int, d: int, spec: str, args: argparse.Namespace, device: torch.d
     noise = torch.randn(n - f, d, generator=gen).to(device)
     honest = grad + grad.norm() * noise / d**0.5
     del noise
-    agg = get_aggregator(spec, f=f, n=n)
+    agg = get_aggregator(spec, f=f, n=n).with_reference(grad)  # FLTrust's g0: the true gradient
     stack = torch.cat([honest, -honest.mean(0).expand(f, d)])
     ctx = AttackContext(n=n, f=f, aggregator=agg, lr=0.5, params=theta, honest_loss=loss)
     with torch.no_grad():

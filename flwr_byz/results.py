@@ -81,6 +81,17 @@ def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return lines[0]["settings"], [row for row in lines[1:] if "complete" not in row]
 
 
+def is_wall_time(key: str) -> bool:
+    """Whether a row's ``key`` is a wall time (``elapsed``, ``attack-seconds``, ``jump-*-seconds``, ...): the
+    values two runs of the same settings need not share."""
+    return key == "elapsed" or key.endswith("-seconds")
+
+
+def without_wall_times(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` less its wall times (:func:`is_wall_time`): what a rerun or a resumed run must reproduce."""
+    return {k: v for k, v in row.items() if not is_wall_time(k)}
+
+
 def is_complete(settings: RunSettings) -> bool:
     """Whether the run of these settings finished (footer written, stored settings equal but for results-dir)."""
     return finished(results_path(settings), settings.to_run_config())

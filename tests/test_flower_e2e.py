@@ -13,7 +13,7 @@ from conftest import ROOT
 from flwr_byz.settings import RunSettings
 from flwr_byz.engine import run
 from flwr_byz.runs.launcher import FlowerLauncher
-from flwr_byz.results import is_complete, read_run, results_path
+from flwr_byz.results import is_complete, read_run, results_path, without_wall_times
 
 pytestmark = pytest.mark.flower
 
@@ -109,7 +109,7 @@ def test_mnist_cnn_app_under_jump_records_accuracy_and_lambda(launcher, tmp_path
     assert all(r["robust-received"] == 5 and isinstance(r["jump-lambda"], float) for r in rows[1:])
     assert all(r["attack-seconds"] > 0 and r["jump-losses"] >= 1 for r in rows[1:])  # the leader timed its search
     # The engine runs the CNN's honest steps node after node with the same seeded dropout masks: the same rows.
-    assert_same_rows([{k: v for k, v in r.items() if k not in ("elapsed", "attack-seconds")} for r in rows], config,
+    assert_same_rows([without_wall_times(r) for r in rows], config,
                      tmp_path / "engine", nodes=5)
 
 
@@ -121,7 +121,7 @@ def test_two_runs_with_the_same_seed_are_identical(launcher, tmp_path):
     for name in ("a", "b"):
         out = launcher.run(ROOT / "simulations/paper", {**config, "results-dir": str(tmp_path / name)}, 5)
         assert out.ok, out.output[-3000:]
-        rows.append([{k: v for k, v in row.items() if k not in ("elapsed", "attack-seconds")}  # wall times
+        rows.append([without_wall_times(row)
                      for row in run_file({**config, "results-dir": str(tmp_path / name)})[1]])
     assert rows[0] == rows[1]  # every loss and accuracy, bit for bit
     assert rows[0][-1]["test-accuracy"] != rows[0][0]["test-accuracy"]
@@ -140,7 +140,7 @@ def assert_same_rows(flower: list[dict], config: dict, out, nodes: int) -> None:
         _, engine = read_run(run(settings, nodes=nodes))
     finally:
         torch.set_num_threads(threads)
-    engine = [{k: v for k, v in row.items() if k not in ("elapsed", "attack-seconds")} for row in engine]
+    engine = [without_wall_times(row) for row in engine]
     assert [sorted(r) for r in engine] == [sorted(r) for r in flower]
     for ours, theirs in zip(engine, flower):
         for key, value in theirs.items():
@@ -153,7 +153,7 @@ def test_engine_and_flwr_run_agree_on_the_2d_problem_under_jump(launcher, tmp_pa
               "eval-every": 3, "results-dir": str(tmp_path / "flower")}
     out = launcher.run(ROOT / "simulations/paper", config, num_supernodes=3)
     assert out.ok, out.output[-3000:]
-    rows = [{k: v for k, v in row.items() if k not in ("elapsed", "attack-seconds")} for row in run_file(config)[1]]
+    rows = [without_wall_times(row) for row in run_file(config)[1]]
     assert rows[-1]["test-loss"] > 0.6  # JUMP keeps CM far from the minimum (L_H(1, 0) = 0.393)
     assert_same_rows(rows, config, tmp_path / "engine", nodes=3)
 

@@ -218,10 +218,28 @@ def test_coordinate_rules_alone_sort_the_honest_rows_once_and_equal_the_rule(spe
 
 def test_the_span_is_built_only_where_it_pays() -> None:
     """The basis costs O(h^2 d) once: kept for quadratic pipelines at any n and for GM while it repays its
-    8 iterations per candidate; rules linear in n score their candidates directly past a few dozen rows."""
+    8 iterations per candidate; pipelines linear in n score their candidates directly past a few dozen rows."""
     def built(spec: str, h: int) -> bool:
         return span_aggregation(get_aggregator(spec, f=h // 4), honest_vectors(1, h, 50, 0.5), h // 4) is not None
 
-    assert built("mean", 12) and not built("mean", 200)
+    assert built("clipping+mean", 12) and not built("clipping+mean", 200)
     assert built("gm", 200) and not built("gm", 800)
     assert built("nnm+mean", 800) and built("krum", 400) and built("nnm+gm", 800)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_mean_alone_is_affine_in_lambda(weighted: bool) -> None:
+    """The (weighted) mean of ``[honest, lambda gbar x f]`` is ``F(0) + lambda (F(1) - F(0))``: two aggregations
+    for every candidate, equal to the rule on whole stacks (in the defence's row order) up to float32 rounding."""
+    from flwr_byz.attacks.span import candidate_stacks
+
+    h, f, d = 40, 10, 300
+    honest = honest_vectors(4, h, d, 0.5).float()
+    weights = torch.rand(h + f, generator=torch.Generator().manual_seed(1)).tolist() if weighted else None
+    agg = get_aggregator("mean", 0, weights=weights)
+    order = torch.randperm(h + f, generator=torch.Generator().manual_seed(2))
+    fast = span_aggregation(agg, honest, f, order)
+    assert fast.affine is not None
+    lams = torch.tensor([-1e6, -3.0, 0.0, 0.7, 1.0, 40.0], dtype=torch.float64)
+    expected = agg(candidate_stacks(honest, f, lams, order))
+    torch.testing.assert_close(fast(lams), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from flwr_byz.attacks.base import Attack, AttackContext, HonestLoss, relative_spread
 from flwr_byz.attacks.line_search import SOLVERS
-from flwr_byz.attacks.span import span_aggregation
+from flwr_byz.attacks.span import candidate_stacks, span_aggregation
 
 
 FLAT_PROBES = -np.logspace(0, 6, 7)  # scored when the loss is flat; the farthest aggregate from gbar wins
@@ -148,10 +148,7 @@ class JumpObjective:
         lam = lam.to(device=self.honest.device, dtype=torch.float64)
         if self.span is not None:
             return self.span(lam)
-        (h, d), k = self.honest.shape, len(lam)
-        byz = (lam.to(self.gbar)[:, None] * self.gbar).unsqueeze(1).expand(k, self.f, d)
-        stack = torch.cat([self.honest.expand(k, h, d), byz], dim=1)
-        return self.aggregator(stack if self.order is None else stack[:, self.order])
+        return self.aggregator(candidate_stacks(self.honest, self.f, lam, self.order))
 
     def _losses(self, aggregates: Tensor, loss: HonestLoss) -> np.ndarray:
         """``loss(theta - lr * a)`` of each aggregate row, NaN as ``-inf``, as float64."""

@@ -183,11 +183,19 @@ def span_aggregation(aggregator: object, honest: Tensor, f: int,
     if type(rule) not in SPAN_RULES + COORDINATE_RULES or (type(rule) is GeometricMedian and rule.start == "median"):
         return None
     aggregator.check(len(honest) + f)
-    if not aggregator.pre and type(rule) in COORDINATE_RULES:
-        return SpanAggregation(aggregator, honest, f, direct=True)  # unweighted: the order does not matter
+    if not aggregator.pre and type(rule) in COORDINATE_RULES + (Mean,):
+        return SpanAggregation(aggregator, honest, f, order, direct=True)
     if not span_pays(aggregator, len(honest), len(honest) + f):
         return None
     return SpanAggregation(aggregator, honest, f, order)
+
+
+def candidate_stacks(honest: Tensor, f: int, lams: Tensor, order: Tensor | None) -> Tensor:
+    """The candidate stacks ``(k, n, d)`` ``[honest, lambda gbar x f]`` in the defence's row ``order``."""
+    (h, d), k = honest.shape, len(lams)
+    copies = (lams.to(honest)[:, None] * honest.mean(0)).unsqueeze(1).expand(k, f, d)
+    stacks = torch.cat([honest.expand(k, h, d), copies], dim=1)
+    return stacks if order is None else stacks[:, order.to(honest.device)]
 
 
 def span_pays(aggregation: Aggregation, h: int, n: int) -> bool:
@@ -203,14 +211,22 @@ def span_pays(aggregation: Aggregation, h: int, n: int) -> bool:
 
 class SpanAggregation:
     """The exact candidate aggregates of ``span_aggregation`` (module docstring), in float64 coordinates;
-    ``direct``: CM or TM without pre-aggregation, whose honest rows are every candidate's: they are sorted once
-    in ``R^d`` (no basis, ``basis`` is ``None``) and each candidate is a clamp of its copies."""
+    ``direct`` (no pre-aggregation, no basis: ``basis`` is ``None``): CM and TM, whose honest rows are every
+    candidate's, sort them once in ``R^d`` and each candidate is a clamp of its copies; the mean (weighted or not)
+    is affine in ``lambda``, ``F(lambda) = F(0) + lambda (F(1) - F(0))``, two aggregations for every candidate."""
 
     def __init__(self, aggregation: Aggregation, honest: Tensor, f: int, order: Tensor | None = None,
                  direct: bool = False) -> None:
         self.aggregation, self.f = aggregation, f
+        self.affine: tuple[Tensor, Tensor] | None = None
         if direct:
             self.coords, self.basis, self.order = honest, None, None
+            if type(aggregation.rule) is Mean:  # its weights (if any) follow the defence's row order
+                weighted = aggregation.rule.weights is not None
+                ends = candidate_stacks(honest, f, torch.tensor([0.0, 1.0], dtype=torch.float64),
+                                        order if weighted else None)
+                start, end = aggregation(ends).double()
+                self.affine = (start, end - start)
             return
         basis, self.coords = orthonormal_span(honest)
         weighted = isinstance(aggregation.rule, Weighted) and aggregation.rule.weights is not None
@@ -219,6 +235,9 @@ class SpanAggregation:
 
     def __call__(self, lams: Tensor) -> Tensor:
         (h, p), k = self.coords.shape, len(lams)
+        if self.affine is not None:
+            start, slope = self.affine
+            return (start + lams.to(start)[:, None] * slope).to(self.coords.dtype)
         if self.basis is None:  # direct: one set of honest rows, the copies lambda gbar
             copies = lams.to(self.coords)[:, None] * self.coords.mean(0)
             return self._coordinate_rule(self.coords.unsqueeze(0), copies)

@@ -9,7 +9,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian
 
 from flwr_byz.flower import OmniscientAdversary, RobustStrategy
 
-from .task import Net, load_test, test
+from .task import Net, load_root, load_test, test, train
 
 app = ServerApp()
 
@@ -23,7 +23,8 @@ def main(grid: Grid, context: Context) -> None:
     strategy = {
         "fedavg": lambda: FedAvg(**common),
         "fedmedian": lambda: FedMedian(**common),
-        "robust": lambda: RobustStrategy(aggregation=str(config["aggregation"]), f=int(config["robust-f"]), **common),
+        "robust": lambda: RobustStrategy(aggregation=str(config["aggregation"]), f=int(config["robust-f"]),
+                                         root_train=root_trainer(config), **common),
     }[str(config["strategy"])]()
     strategy = OmniscientAdversary(strategy)  # flwr-byz: the adversary hook
     result = strategy.start(
@@ -47,6 +48,21 @@ def wait_for_nodes(grid: Grid, timeout: float = 120.0) -> int:
             return count
         time.sleep(0.2)
     raise RuntimeError(f"no stable set of nodes after {timeout} s (last count {count})")
+
+
+def root_trainer(config):
+    """FLTrust's server update (used by rules that need one): the global model after the app's own training on
+    the server's root set (100 class-balanced examples the nodes do not hold), with the round's train config."""
+    root = load_root(int(config["root-examples"]), int(config["train-examples"]), int(config["batch-size"]),
+                     int(config["seed"]))
+
+    def root_train(arrays: ArrayRecord, train_config: ConfigRecord) -> ArrayRecord:
+        model = Net()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        train(model, root, int(config["root-epochs"]), float(train_config["lr"]))
+        return ArrayRecord(model.state_dict())
+
+    return root_train
 
 
 def global_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:

@@ -70,6 +70,14 @@ def load_data(partition_id: int, num_partitions: int, examples: int, batch_size:
             to_loader(x[cut:], y[cut:], batch_size, False))
 
 
+def load_root(examples: int, held_out_from: int, batch_size: int, seed: int) -> DataLoader:
+    """The server's own small training set (FLTrust's root set): ``examples`` class-balanced training images
+    from after the first ``held_out_from``, which the nodes never see."""
+    x, y = mnist()["train"]
+    idx = np.concatenate([held_out_from + np.flatnonzero(y[held_out_from:] == c)[:examples // 10] for c in range(10)])
+    return to_loader(x[idx], y[idx], batch_size, True, seed)
+
+
 def load_test(examples: int = 1000) -> DataLoader:
     x, y = mnist()["test"]
     return to_loader(x[:examples], y[:examples], 256, False)
