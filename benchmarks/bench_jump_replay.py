@@ -27,7 +27,11 @@ Variants: ``today`` (the search before issue 8: global search, every candidate o
 1024-example oracle), then the levers added one at a time (``+...``), ``sample-64``
 (every candidate and the answer on 64 examples: the sample's effect on damage) and
 ``default`` (the settings' defaults, with the task's ``jump_sample``), ``powell`` (the
-paper's solver) and ``global-2048`` (the default search on an 8x larger oracle sample).
+paper's solver) and ``global-2048`` (the default search on an 8x larger oracle sample);
+``subspace`` and ``subspace-2`` are not JUMP's line but the plane of ``gbar`` and the honest
+vectors' top principal direction (``flwr_byz.attacks.jump_subspace``, one and two sweeps of
+coordinate ascent after JUMP's search). The replay compares each variant with ``default``
+round by round (held-out loss difference, its paired standard error).
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ from torch.func import functional_call
 
 from flwr_byz.attacks import get_attack, span
 from flwr_byz.aggregation import sorting
+from flwr_byz.attacks.base import Attack
 from flwr_byz.attacks.jump import fingerprint
+from flwr_byz.attacks.jump_subspace import JumpSubspace
 from flwr_byz.attacks.span import orthonormal_span, span_aggregation
 from flwr_byz.node_data import honest_partitions
 from flwr_byz.settings import RunSettings
@@ -62,13 +68,18 @@ REFERENCE_SAMPLE = 2048
 
 @dataclass(frozen=True)
 class Variant:
-    """A JUMP configuration: attack parameters and run-settings overrides (the oracle's sampling)."""
+    """A JUMP configuration: attack parameters and run-settings overrides (the oracle's sampling); ``plane``:
+    the search in the plane of ``gbar`` and the top principal direction (``JumpSubspace``) instead of JUMP's."""
 
     params: dict[str, object] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
+    plane: bool = False
 
     def of(self, settings: RunSettings) -> RunSettings:
         return dataclasses.replace(settings, **self.settings)
+
+    def attack(self) -> Attack:
+        return JumpSubspace(**self.params) if self.plane else get_attack("jump", **self.params)
 
 
 def sampled(size: int, screen: int = 0, precision: str = "float32") -> dict[str, object]:
@@ -89,6 +100,8 @@ VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "powell": Variant({"solver": "powell"}),  # the paper's solver: Powell from lambda = 1
     "global-2048": Variant({}, sampled(2048, 256)),  # the default search on an 8x larger oracle sample
+    "subspace": Variant({"sweeps": 1}, plane=True),  # + one search along the top principal direction
+    "subspace-2": Variant({"sweeps": 2}, plane=True),  # + that, then JUMP's line through the new point
 }
 
 
@@ -131,7 +144,7 @@ def recorded(args: argparse.Namespace, settings: RunSettings, keep: set[int]) ->
         return states
     drive = VARIANTS[args.drive]
     print(f"recording {args.rounds} rounds of {settings.name} under JUMP {args.drive} (keeping {len(keep)})", flush=True)
-    run = simulate(drive.of(settings), HONEST + settings.num_byzantine, get_attack("jump", **drive.params), args.rounds)
+    run = simulate(drive.of(settings), HONEST + settings.num_byzantine, drive.attack(), args.rounds)
     states = [s for s in run if s.round in keep]
     if args.states:
         torch.save(states, args.states)
@@ -208,23 +221,23 @@ def replay(args: argparse.Namespace, settings: RunSettings) -> None:
         heldout = heldout_loss(settings, state, args.heldout)
         gbar = state.honest.mean(0)
 
-        def after(lam: float) -> float:
-            aggregate = rule.for_round(state.round)(torch.cat([state.honest, (lam * gbar).expand(f, -1)]))
+        def after(vector: Tensor) -> float:
+            aggregate = rule.for_round(state.round)(torch.cat([state.honest, vector.expand(f, -1)]))
             return heldout(state.params - state.lr * aggregate)
 
-        losses["sf"].append(after(-1.0))
+        losses["sf"].append(after(-gbar))
         cells = []
         for name in names:
             variant = VARIANTS[name]
-            attack = get_attack("jump", **variant.params)
+            attack = variant.attack()
             ctx = leader_context(variant.of(settings), state)
             torch.set_num_threads(threads if name == "reference" else args.threads)  # time the others as in a node
             start = time.perf_counter()
-            attack(state.honest, ctx)
+            vector = attack(state.honest, ctx)
             seconds[name].append(time.perf_counter() - start)
             torch.set_num_threads(threads)
             scored[name].append((attack.metrics["jump-evals"], attack.metrics["jump-losses"]))
-            losses[name].append(after(attack.metrics["jump-lambda"]))
+            losses[name].append(after(vector))
             cells.append(f"{name} {attack.metrics['jump-lambda']:+.3f} {losses[name][-1]:.4f}")
         print(f"round {state.round:>3}  sf {losses['sf'][-1]:.4f}  " + "  ".join(cells), flush=True)
 
@@ -242,6 +255,17 @@ def replay(args: argparse.Namespace, settings: RunSettings) -> None:
         evals, distinct = np.mean(scored[name], axis=0)
         print(f"{name:<18}{secs:>9.2f}{(sf_step + secs) / sf_step:>9.2f}{evals:>8.1f}{distinct:>8.1f}"
               f"{np.mean(losses[name]):>12.4f}{gain.mean():>+11.4f}{share:>9}")
+    if "default" in losses and len(states) > 1:
+        jump = np.array(losses["default"]) - base
+        print("\nagainst 'default' (JUMP), paired by round: held-out loss difference and its standard error, damage "
+              "as a % of JUMP's, time per attack as a multiple of JUMP's, rounds it damages more")
+        for name in names:
+            diff = np.array(losses[name]) - np.array(losses["default"])
+            se = diff.std(ddof=1) / np.sqrt(len(diff))
+            share = 100 * (jump.sum() + diff.sum()) / jump.sum() if jump.sum() > 0 else float("nan")
+            cost = statistics.mean(seconds[name]) / statistics.mean(seconds["default"])
+            print(f"{name:<18}{diff.mean():>+10.4f} ({se:.4f}){share:>9.1f} %{cost:>8.2f}x"
+                  f"  wins {int((diff > 0).sum())}/{len(diff)}")
 
 
 def curves(args: argparse.Namespace, settings: RunSettings) -> None:
@@ -262,8 +286,7 @@ def curves(args: argparse.Namespace, settings: RunSettings) -> None:
             run = dataclasses.replace(variant.of(settings), seed=seed)
             model, accuracy = task.build_model(), []
             layout = FlatLayout.of(model.state_dict())
-            for state in simulate(run, HONEST + run.num_byzantine, get_attack("jump", **variant.params),
-                                  rounds=args.curve_rounds):
+            for state in simulate(run, HONEST + run.num_byzantine, variant.attack(), rounds=args.curve_rounds):
                 if state.round in checkpoints:
                     model.load_state_dict(layout.unflatten(state.params))
                     accuracy.append(task.evaluate(model, x, y)[1])
