@@ -49,19 +49,19 @@ def test_audit_runs_the_grid_and_the_byzantine_replies_are_the_attacks(tmp_path,
     monkeypatch.setenv("USERAPP_PROBE_DIR", str(tmp_path))
     app, out = probe_app(tmp_path), tmp_path / "audit"
     audit = Audit(app, out, nodes=N, rounds=2, run_config=SETTINGS, timeout=600)
-    report, paths, failed = audit.run(["none", "sf", "jump"], None, [1], "accuracy")
+    report, paths, failed = audit.run(["none", "sf", "jump"], [2], [1], "accuracy")
     assert failed == []
     text = report.read_text()
-    assert "| f | none | sf | jump | strongest |" in text and text.count("\n| 1 |") == 1 and text.count("\n| 2 |") == 1
+    assert "| f | none | sf | jump | strongest |" in text and text.count("\n| 1 |") == 0 and text.count("\n| 2 |") == 1
     assert {p.name for p in paths} == {"report.md", "table.csv", "metric-vs-round.png", "metric-vs-f.png"}
     runs = finished_runs(out / "runs")
     assert sorted((s["attack"], s["num-byzantine"]) for s, _, _ in runs) == \
-        [("jump", 1), ("jump", 2), ("none", 0), ("sf", 1), ("sf", 2)]
+        [("jump", 2), ("none", 0), ("sf", 2)]
     assert all([r["round"] for r in rows] == [0, 1, 2] for _, rows, _ in runs)
     csv_path, exported = export(out / "runs", tmp_path / "audit.csv")
-    assert exported == 5 and len(csv_path.read_text().splitlines()) == 1 + 5 * 3
+    assert exported == 3 and len(csv_path.read_text().splitlines()) == 1 + 3 * 3
 
-    for attack, f in (("sf", 1), ("sf", 2), ("jump", 1), ("jump", 2)):
+    for attack, f in (("sf", 2), ("jump", 2)):
         probe = torch.load(tmp_path / f"{attack}_f{f}_s1.pt", weights_only=False)
         assert len(probe["byzantine"]) == f and probe["nodes"] == N
         honest_pids = [probe["ranks"][node] for node in probe["ranks"] if node not in probe["byzantine"]]

@@ -24,6 +24,7 @@ def sklearn_app(tmp_path, rename: tuple[str, str] | None = None):
     return app
 
 
+@pytest.mark.slow  # six runs (115 s): the slow job keeps the default suite under 10 minutes
 def test_audit_with_default_flags_and_two_seeds(tmp_path):
     """Default metric (federated accuracy: the app has no evaluate_fn), JUMP's loss metric found in the baseline
     (test_logloss), the audit's seeds in the hook (logged with the defence), training metrics named once."""
