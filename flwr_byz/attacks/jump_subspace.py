@@ -12,7 +12,7 @@ from torch import Tensor
 from flwr_byz.attacks.base import Attack, AttackContext
 from flwr_byz.attacks.jump import FLAT_PROBES, Jump, JumpObjective, Scored, fingerprint
 from flwr_byz.attacks.line_search import GlobalSearch
-from flwr_byz.attacks.span import SPAN_RULES, SpanAggregation
+from flwr_byz.attacks.span import SpanAggregation
 
 
 def principal_direction(centred: Tensor) -> tuple[Tensor, float]:
@@ -91,16 +91,7 @@ class LineObjective(JumpObjective):
         ls = self.origin[None] + lam.double()[:, None] * self.axis[None]  # (k, 2) plane coordinates
         span, (h, d), k = self.span, self.honest.shape, len(ls)
         if isinstance(span, SpanAggregation) and self.plane.coords is not None:
-            p = span.coords.shape[1]
-            copies = (ls @ self.plane.coords).unsqueeze(1).expand(k, self.f, p)
-            x = torch.cat([span.coords.expand(k, h, p), copies], dim=1)
-            if span.order is not None:
-                x = x[:, span.order]
-            if type(span.aggregation.rule) in SPAN_RULES:
-                return span._lift(span.aggregation(x))
-            for stage in span.aggregation.pre:
-                x = stage(x)
-            return span._coordinate_rule(x[:, :h], x[:, h])
+            return span.aggregate_copies(ls @ self.plane.coords)
         vectors = ls.to(self.honest) @ self.plane.vectors
         if isinstance(span, SpanAggregation) and span.affine is None:  # CM, TM without pre-aggregation
             return span._coordinate_rule(span.coords.unsqueeze(0), vectors.to(span.coords))

@@ -234,15 +234,18 @@ class SpanAggregation:
         self.basis = basis.to(honest.dtype)  # (p, d) in the honest dtype; coords (h, p) in float64
 
     def __call__(self, lams: Tensor) -> Tensor:
-        (h, p), k = self.coords.shape, len(lams)
         if self.affine is not None:
             start, slope = self.affine
             return (start + lams.to(start)[:, None] * slope).to(self.coords.dtype)
         if self.basis is None:  # direct: one set of honest rows, the copies lambda gbar
             copies = lams.to(self.coords)[:, None] * self.coords.mean(0)
             return self._coordinate_rule(self.coords.unsqueeze(0), copies)
-        copies = (lams.double()[:, None] * self.coords.mean(0)).unsqueeze(1).expand(k, self.f, p)
-        x = torch.cat([self.coords.expand(k, h, p), copies], dim=1)
+        return self.aggregate_copies(lams.double()[:, None] * self.coords.mean(0))
+
+    def aggregate_copies(self, copies: Tensor) -> Tensor:
+        """``F`` of the honest rows and ``f`` copies of each row of ``copies`` (``(k, p)`` span coordinates)."""
+        (h, p), k = self.coords.shape, len(copies)
+        x = torch.cat([self.coords.expand(k, h, p), copies.unsqueeze(1).expand(k, self.f, p)], dim=1)
         if self.order is not None:  # a weighted rule: its weights are in the defence's row order
             x = x[:, self.order]
         if type(self.aggregation.rule) in SPAN_RULES:
