@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -190,9 +191,13 @@ def test_table_rendering_on_a_fixture(tmp_path: Path) -> None:
     assert text.splitlines()[2] == "| mnist | nnm+cm | 3 | 0.1 | 0.9 | 90.0 ± – | 65.0 ± 63.5 | **30.0 ± 127.1** | +35.0 |"
     assert text.splitlines()[3] == "| mnist | nnm+gm | 1 | 0.1 | 0.9 | – | **50.0 ± –** | – | – |"  # 1 seed
     assert report.table(runs, summary="final", percent=True).rows[0].cells["sf"][0] == pytest.approx(60.0)
+    labels, values = report.matrix(table)  # aggregation and f differ between the rows: they label them
+    assert labels == ["nnm+cm, 3", "nnm+gm, 1"] and values.shape == (2, 3)
+    assert values[0].tolist() == pytest.approx([90.0, 65.0, 30.0]) and values[1, 1] == pytest.approx(50.0)
+    assert np.isnan(values[1, 0]) and np.isnan(values[1, 2])
     _, paths = report.write_paper_report(runs, tmp_path / "report")
-    assert {p.name for p in paths} >= {"table_max.md", "table_max.csv", "curves_mnist_nnm+cm_0.1_0.9.png",
-                                       "breakdown_mnist_nnm+cm_0.1_0.9.png"}
+    assert {p.name for p in paths} >= {"table_max.md", "table_max.csv", "table_max.png",
+                                       "curves_mnist_nnm+cm_0.1_0.9.png", "breakdown_mnist_nnm+cm_0.1_0.9.png"}
     assert "jump_ci95" in (tmp_path / "report" / "table_max.csv").read_text().splitlines()[0]
 
 

@@ -11,9 +11,10 @@
 * **Curves**: the metric against round, mean and 95% band over seeds, a panel per f, a line per attack (the
   audit's baseline dashed in every panel).
 * **Metric vs f**: a table keyed by f, a line per attack with error bars (the audit's baseline and threshold).
+* **Heat map**: the table's means, a row per setting and a column per attack, each row's strongest attack framed.
 
 Written by ``flwr-byz report`` / ``sweep`` (:func:`write_paper_report`: ``table_<max|final>.md``/``.csv``,
-``curves_<group>.png``, ``breakdown_<group>.png``), ``flwr-byz audit`` (:func:`write_audit_report`:
+``table_<max|final>.png``, ``curves_<group>.png``, ``breakdown_<group>.png``), ``flwr-byz audit`` (:func:`write_audit_report`:
 ``report.md``, ``table.csv``, ``metric-vs-round.png``, ``metric-vs-f.png``) and ``flwr-byz stress`` (the table
 on the terminal and one curves figure).
 """
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from scipy import stats
 
 from flwr_byz.runs.store import Run
@@ -360,9 +362,43 @@ def metric_vs_f(table: Table, path: Path, title: str = "") -> Path:
     return save_figure(fig, path)
 
 
+def matrix(table: Table) -> tuple[list[str], np.ndarray]:
+    """The table's means as a ``(rows, attacks)`` array (NaN where a row lacks an attack) and a label per row:
+    the values of the keys that differ between rows, joined by ``", "`` (all of them if none differ)."""
+    varying = [i for i in range(len(table.keys)) if len({r.values[i] for r in table.rows}) > 1] \
+        or list(range(len(table.keys)))
+    labels = [", ".join(str(r.values[i]) for i in varying) for r in table.rows]
+    values = np.array([[r.cells[a][0] if a in r.cells else np.nan for a in table.attacks] for r in table.rows])
+    return labels, values.reshape(len(table.rows), len(table.attacks))
+
+
+def heatmap(table: Table, path: Path, title: str = "") -> Path:
+    """The table as a heat map, a row per setting and a column per attack, each cell annotated with its mean;
+    the strongest attack of each row framed. Red is damage: the colour scale runs from the worst cell to the
+    best by the table's goal."""
+    plt = pyplot()
+    labels, values = matrix(table)
+    rows, cols = values.shape
+    fig, ax = plt.subplots(figsize=(max(5.5, 2.5 + 0.62 * cols), 1.6 + 0.34 * rows))
+    image = ax.imshow(values, cmap="RdYlGn" if table.goal == "max" else "RdYlGn_r", aspect="auto")
+    ax.set_xticks(range(cols), table.attacks, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(rows), labels, fontsize=8)
+    for i, row in enumerate(table.rows):
+        for j, attack in enumerate(table.attacks):
+            if not np.isnan(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.{table.digits - (1 if table.percent else 2)}f}", ha="center",
+                        va="center", fontsize=6.5)
+            if attack == row.strongest:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.4))
+    fig.colorbar(image, ax=ax, label=f"{table.summary} {_label(table.metric, table.percent)}", shrink=0.8)
+    ax.set_title(title or f"{table.summary} {table.metric}; framed: each row's strongest attack", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def write_paper_report(runs: list[Run], out: Path, summary: str = "max") -> tuple[str, list[Path]]:
     """The paper's tables (Tables 1, 6, 7: a row per setting, test accuracy in %) and, per setting but f, the
-    curves (Figure 3) and accuracy vs f: ``table_<summary>.md``/``.csv``, ``curves_<group>.png`` and
+    curves (Figure 3) and accuracy vs f: ``table_<summary>.md``/``.csv``/``.png`` (:func:`heatmap`), ``curves_<group>.png`` and
     ``breakdown_<group>.png`` in ``out``. The Markdown table and every written path."""
     if not runs:
         raise ValueError("no finished runs to report")
@@ -373,7 +409,7 @@ def write_paper_report(runs: list[Run], out: Path, summary: str = "max") -> tupl
     text = markdown(whole)
     md = out / f"table_{summary}.md"
     md.write_text(text + "\n")
-    paths = [md, write_csv(whole, out / f"table_{summary}.csv")]
+    paths = [md, write_csv(whole, out / f"table_{summary}.csv"), heatmap(whole, out / f"table_{summary}.png")]
     keys = [k for k in whole.keys if k != F]
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
