@@ -90,11 +90,9 @@ class LineObjective(JumpObjective):
     def _aggregate(self, lam: Tensor) -> Tensor:
         ls = self.origin[None] + lam.double()[:, None] * self.axis[None]  # (k, 2) plane coordinates
         span, (h, d), k = self.span, self.honest.shape, len(ls)
-        if isinstance(span, SpanAggregation) and self.plane.coords is not None:
-            return span.aggregate_copies(ls @ self.plane.coords)
-        vectors = ls.to(self.honest) @ self.plane.vectors
-        if isinstance(span, SpanAggregation) and span.affine is None:  # CM, TM without pre-aggregation
-            return span._coordinate_rule(span.coords.unsqueeze(0), vectors.to(span.coords))
+        vectors = ls.to(self.honest) @ self.plane.vectors if self.plane.coords is None else None
+        if isinstance(span, SpanAggregation) and (vectors is None or span.affine is None):  # span or direct path
+            return span.aggregate_copies(ls @ self.plane.coords if vectors is None else vectors)
         stacks = torch.cat([self.honest.expand(k, h, d), vectors[:, None].expand(k, self.f, d)], dim=1)
         return self.aggregator(stacks if self.order is None else stacks[:, self.order.to(stacks.device)])
 

@@ -237,13 +237,13 @@ class SpanAggregation:
         if self.affine is not None:
             start, slope = self.affine
             return (start + lams.to(start)[:, None] * slope).to(self.coords.dtype)
-        if self.basis is None:  # direct: one set of honest rows, the copies lambda gbar
-            copies = lams.to(self.coords)[:, None] * self.coords.mean(0)
-            return self._coordinate_rule(self.coords.unsqueeze(0), copies)
-        return self.aggregate_copies(lams.double()[:, None] * self.coords.mean(0))
+        return self.aggregate_copies(lams.to(self.coords)[:, None] * self.coords.mean(0))
 
     def aggregate_copies(self, copies: Tensor) -> Tensor:
-        """``F`` of the honest rows and ``f`` copies of each row of ``copies`` (``(k, p)`` span coordinates)."""
+        """``F`` of the honest rows and ``f`` copies of each row of ``copies``: ``(k, p)`` span coordinates, or
+        ``(k, d)`` vectors on the direct path (no basis: one set of honest rows for every candidate)."""
+        if self.basis is None:
+            return self._coordinate_rule(self.coords.unsqueeze(0), copies.to(self.coords))
         (h, p), k = self.coords.shape, len(copies)
         x = torch.cat([self.coords.expand(k, h, p), copies.unsqueeze(1).expand(k, self.f, p)], dim=1)
         if self.order is not None:  # a weighted rule: its weights are in the defence's row order
