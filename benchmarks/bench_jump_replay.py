@@ -27,11 +27,9 @@ Variants: ``today`` (the search before issue 8: global search, every candidate o
 1024-example oracle), then the levers added one at a time (``+...``), ``sample-64``
 (every candidate and the answer on 64 examples: the sample's effect on damage) and
 ``default`` (the settings' defaults, with the task's ``jump_sample``), ``powell`` (the
-paper's solver) and ``global-2048`` (the default search on an 8x larger oracle sample);
-``subspace`` and ``subspace-2`` are not JUMP's line but the plane of ``gbar`` and the honest
-vectors' top principal direction (``flwr_byz.attacks.jump_subspace``, one and two sweeps of
-coordinate ascent after JUMP's search). The replay compares each variant with ``default``
-round by round (held-out loss difference, its paired standard error).
+paper's solver) and ``global-2048`` (the default search on an 8x larger oracle sample).
+The replay compares each variant with ``default`` round by round (held-out loss difference,
+its paired standard error).
 """
 
 from __future__ import annotations
@@ -54,7 +52,6 @@ from flwr_byz.attacks import get_attack, span
 from flwr_byz.aggregation import sorting
 from flwr_byz.attacks.base import Attack
 from flwr_byz.attacks.jump import fingerprint
-from flwr_byz.attacks.jump_subspace import JumpSubspace
 from flwr_byz.attacks.span import orthonormal_span, span_aggregation
 from flwr_byz.node_data import honest_partitions
 from flwr_byz.settings import RunSettings
@@ -68,18 +65,16 @@ REFERENCE_SAMPLE = 2048
 
 @dataclass(frozen=True)
 class Variant:
-    """A JUMP configuration: attack parameters and run-settings overrides (the oracle's sampling); ``plane``:
-    the search in the plane of ``gbar`` and the top principal direction (``JumpSubspace``) instead of JUMP's."""
+    """A JUMP configuration: attack parameters and run-settings overrides (the oracle's sampling)."""
 
     params: dict[str, object] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
-    plane: bool = False
 
     def of(self, settings: RunSettings) -> RunSettings:
         return dataclasses.replace(settings, **self.settings)
 
     def attack(self) -> Attack:
-        return JumpSubspace(**self.params) if self.plane else get_attack("jump", **self.params)
+        return get_attack("jump", **self.params)
 
 
 def sampled(size: int, screen: int = 0, precision: str = "float32") -> dict[str, object]:
@@ -100,8 +95,6 @@ VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "powell": Variant({"solver": "powell"}),  # the paper's solver: Powell from lambda = 1
     "global-2048": Variant({}, sampled(2048, 256)),  # the default search on an 8x larger oracle sample
-    "subspace": Variant({"sweeps": 1}, plane=True),  # + one search along the top principal direction
-    "subspace-2": Variant({"sweeps": 2}, plane=True),  # + that, then JUMP's line through the new point
 }
 
 

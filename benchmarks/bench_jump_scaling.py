@@ -128,7 +128,7 @@ def measure(n: int, d: int, spec: str, args: argparse.Namespace, device: torch.d
     row = {"n": n, "d": d, "spec": spec, "mean": mean_s, "agg": agg_s, "loss": loss_s,
            "agg_mb": agg_peak.mb, "jump": math.nan, "evals": math.nan, "jump_mb": math.nan}
     if not args.no_jump and agg_s <= args.max_seconds:
-        attack = get_attack("jump")
+        attack = get_attack("jump", **({} if args.max_batch_elems is None else {"max_batch_elems": args.max_batch_elems}))
         with Peak(device) as jump_peak:
             row["jump"] = best_of(2, lambda: attack(honest, ctx), device)  # the first call may compile kernels
         row["evals"], row["jump_mb"] = attack.metrics["jump-evals"], jump_peak.mb
@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--no-jump", action="store_true", help="aggregations only")
     parser.add_argument("--max-seconds", type=float, default=20.0,
                         help="skip the larger sizes of a spec once an aggregation or a JUMP call took longer")
+    parser.add_argument("--max-batch-elems", type=int,
+                        help="JUMP's cap on the entries of one batched (k, n, d) call (default: the device's)")
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -32,7 +32,6 @@ TRAITS: dict[str, Traits] = {
     "minmax": Traits(),
     "minsum": Traits(),
     "jump": Traits(needs_loss=True),
-    "jump-subspace": Traits(needs_loss=True),
     "gaussian": Traits(shared=False),
     "inf": Traits(),
     "ipm": Traits(),

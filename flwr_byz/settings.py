@@ -218,6 +218,20 @@ class RunSettings:
         """The defended rule ``get_aggregator(aggregation, aggregation-f, **aggregation-params)``."""
         return get_aggregator(self.aggregation, self.aggregation_f, **self.aggregation_kwargs)
 
+    def check_nodes(self, nodes: int) -> None:
+        """Raise ``ValueError`` unless the rule can aggregate what the server receives each round from ``nodes``
+        nodes: every reply, or only the honest ones when the Byzantine nodes stay silent (``attack = "none"``),
+        where a rule that needs more would keep the initial model all run long."""
+        self.aggregator().check(nodes)
+        if self.attack == "none" and self.num_byzantine:
+            try:
+                self.aggregator().check(nodes - self.num_byzantine)
+            except ValueError as error:
+                raise ValueError(f"{error}. With attack='none' the {self.num_byzantine} Byzantine nodes stay silent "
+                                 f"and the server receives {nodes - self.num_byzantine} replies a round: for a "
+                                 "no-attack baseline of this rule, set num-byzantine=0 and aggregation-f="
+                                 f"{self.aggregation_f} on {nodes} honest nodes") from None
+
     @property
     def adversary(self) -> Adversary:
         """The run's :class:`Adversary` (its keys are the Byzantine ClientApp's whole run-config schema)."""

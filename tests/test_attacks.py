@@ -161,8 +161,7 @@ def test_mimic_state_round_trips_through_state_dict() -> None:
 def test_get_attack_names_and_errors() -> None:
     assert set(ATTACKS) == {"sf", "foe", "alie", "lf", "mimic", "minmax", "minsum", "jump", "gaussian", "inf",
                             "ipm", "alie-opt", "ipm-opt", "fang", "agr-tailored",  # these five: test_attacks_field
-                            "mpaf", "poisonedfl", "rop",  # these three: test_attacks_stateful
-                            "jump-subspace"}  # test_jump_subspace
+                            "mpaf", "poisonedfl", "rop"}  # these three: test_attacks_stateful
     assert get_attack("SF").name == "sf"
     with pytest.raises(ValueError, match=r"unknown attack 'nope'; valid: \['agr-tailored', 'alie'"):
         get_attack("nope")

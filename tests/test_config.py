@@ -101,8 +101,8 @@ def test_impossible_settings_fail_at_once(key, value, message):
     ("mimic", "warmup=0", "warmup must be >= 1"), ("minmax", "tol=0", "need tol > 0"),
     ("alie", "zz=1", r"unknown parameters \['zz'\]; valid: \['z'\]"),
     ("jump", "inlier_points=-1", "inlier_points, rounds, piece_ends >= 0"),
-    ("jump", "max_batch_elems=0", "need max_batch_elems, finalists >= 1"),
-    ("jump", "finalists=0", "need max_batch_elems, finalists >= 1"),
+    ("jump", "max_batch_elems=0", "jump: max_batch_elems must be a positive integer, got 0"),
+    ("jump", "finalists=0", "jump: finalists must be a positive integer, got 0"),
     ("jump", "solver=glob", r"jump: unknown solver 'glob'; valid: \['global', 'powell'\]"),
 ])
 def test_attack_parameters_out_of_range_fail_at_once(attack, params, message):
@@ -113,3 +113,25 @@ def test_attack_parameters_out_of_range_fail_at_once(attack, params, message):
 def test_gm_parameter_out_of_range_fails_at_once():
     with pytest.raises(ValueError, match="GM needs nu > 0"):
         RunSettings.from_run_config({"aggregation": "nnm+gm", "aggregation-params": "nu=0"})
+
+
+def test_a_rule_starved_by_silent_byzantine_nodes_fails_at_once():
+    """With ``attack = "none"`` the Byzantine nodes send nothing: Bulyan with f = 3 gets 12 replies where it needs
+    15, and would keep the initial model every round; the engine and the paper app refuse such a run up front."""
+    from flwr_byz.engine.simulation import Simulation
+
+    def settings(aggregation: str, attack: str) -> RunSettings:
+        return RunSettings.from_run_config({"task": "mnist-logreg", "aggregation": aggregation, "num-byzantine": 3,
+                                            "attack": attack})
+
+    message = (r"BULYAN needs n >= 4f \+ 3, got n=12, f=3.*With attack='none' the 3 Byzantine nodes stay silent and "
+               r"the server receives 12 replies a round: for a no-attack baseline of this rule, set num-byzantine=0 "
+               r"and aggregation-f=3 on 15 honest nodes")
+    with pytest.raises(ValueError, match=message):
+        settings("bulyan", "none").check_nodes(15)
+    with pytest.raises(ValueError, match=message):
+        Simulation(settings("bulyan", "none"), 15, "cpu")
+    settings("bulyan", "sf").check_nodes(15)  # all 15 reply
+    settings("nnm+cm", "none").check_nodes(15)  # 12 replies > 2f
+    with pytest.raises(ValueError, match=r"got n=14, f=3: use at least n=15"):
+        settings("bulyan", "sf").check_nodes(14)

@@ -63,7 +63,7 @@ def test_honest_vectors_are_what_the_server_reads_from_worker_step() -> None:
 
 
 def test_cnn_steps_node_after_node_with_seeded_dropout() -> None:
-    settings = RunSettings(task="mnist", num_byzantine=1, attack="none", rounds=1, seed=2)
+    settings = RunSettings(task="mnist", aggregation="mean", num_byzantine=1, attack="none", rounds=1, seed=2)
     sim = Simulation(settings, nodes=3, device="cpu")
     assert not sim.workers.vectorised  # dropout masks are seeded per node and round inside the model
     first = sim.step()

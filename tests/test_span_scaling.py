@@ -231,7 +231,7 @@ def test_the_span_is_built_only_where_it_pays() -> None:
 def test_the_mean_alone_is_affine_in_lambda(weighted: bool) -> None:
     """The (weighted) mean of ``[honest, lambda gbar x f]`` is ``F(0) + lambda (F(1) - F(0))``: two aggregations
     for every candidate, equal to the rule on whole stacks (in the defence's row order) up to float32 rounding."""
-    from flwr_byz.attacks.span import candidate_stacks
+    from flwr_byz.attacks.batching import copies_stack
 
     h, f, d = 40, 10, 300
     honest = honest_vectors(4, h, d, 0.5).float()
@@ -241,5 +241,5 @@ def test_the_mean_alone_is_affine_in_lambda(weighted: bool) -> None:
     fast = span_aggregation(agg, honest, f, order)
     assert fast.affine is not None
     lams = torch.tensor([-1e6, -3.0, 0.0, 0.7, 1.0, 40.0], dtype=torch.float64)
-    expected = agg(candidate_stacks(honest, f, lams, order))
+    expected = agg(copies_stack(honest, lams.float()[:, None] * honest.mean(0), f, order))
     torch.testing.assert_close(fast(lams), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))

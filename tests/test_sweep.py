@@ -74,8 +74,8 @@ def test_a_run_spelt_twice_runs_once(tmp_path: Path) -> None:
 def test_a_packaged_spec_is_named_by_its_name_and_an_unknown_name_lists_them(tmp_path: Path, capsys) -> None:
     assert load("smoke").runs == load(SMOKE).runs and load("smoke").name == "smoke"
     with pytest.raises(ValueError, match=r"no sweep spec named 'smoek': give a path or one of "
-                                         r"appendix-a-tradeoff, jump-solvers, rules-attacks, smoke, table1-cifar10, "
-                                         r"table6-mnist, table6-slice, table7-cifar10"):
+                                         r"appendix-a-tradeoff, jump-solvers, rules-attacks, rules-attacks-cnn, smoke, "
+                                         r"table1-cifar10, table6-mnist, table6-slice, table7-cifar10"):
         load("smoek")
     with pytest.raises(SystemExit):
         main(["sweep", "smoek", "--out", str(tmp_path)])

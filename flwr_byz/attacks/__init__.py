@@ -8,7 +8,6 @@ and an ``AttackContext``.
 from flwr_byz.attacks.base import Attack, AttackContext
 from flwr_byz.attacks.closed_form import ALittleIsEnough, FallOfEmpires, Gaussian, Inf, LabelFlip, SignFlip
 from flwr_byz.attacks.jump import Jump, JumpObjective
-from flwr_byz.attacks.jump_subspace import JumpSubspace
 from flwr_byz.attacks.line_search import GlobalSearch, Powell
 from flwr_byz.attacks.mimic import Mimic
 from flwr_byz.attacks.minmax import MinMax, MinSum
@@ -25,7 +24,6 @@ __all__ = [
     "Inf",
     "Jump",
     "JumpObjective",
-    "JumpSubspace",
     "LabelFlip",
     "Mimic",
     "MinMax",

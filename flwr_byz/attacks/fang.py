@@ -11,7 +11,8 @@ from torch import Tensor
 from flwr_byz.aggregation import Aggregation
 from flwr_byz.aggregation.base import pairwise_sq_distances
 from flwr_byz.attacks.base import Aggregator, Attack, AttackContext
-from flwr_byz.attacks.optimal import MAX_BATCH_ELEMS, SequentialSearch, speculative_search
+from flwr_byz.attacks.batching import check_counts
+from flwr_byz.attacks.optimal import SequentialSearch, speculative_search
 from flwr_byz.attacks.tailored import copies_selected, selecting_rule
 
 VARIANTS = ("auto", "krum", "trim")
@@ -86,7 +87,7 @@ class Fang(Attack):
     name = "fang"
 
     def __init__(self, variant: str = "auto", b: float = 2.0, tol: float = 1e-5, lookahead: int = 1,
-                 max_batch_elems: int = MAX_BATCH_ELEMS) -> None:
+                 max_batch_elems: int | None = None) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"fang: variant must be one of {VARIANTS}, got {variant!r}")
@@ -94,9 +95,7 @@ class Fang(Attack):
             raise ValueError(f"fang: b must be finite and >= 1 (values are drawn between e and b * e), got {b}")
         if not (math.isfinite(tol) and tol > 0):
             raise ValueError(f"fang: tol must be finite and > 0, got {tol}")
-        for key, value in (("lookahead", lookahead), ("max_batch_elems", max_batch_elems)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"fang: {key} must be a positive integer, got {value!r}")
+        check_counts("fang", max_batch_elems, lookahead=lookahead)
         self.variant, self.b, self.tol = variant, float(b), float(tol)
         self.lookahead, self.max_batch_elems = lookahead, max_batch_elems
 

@@ -15,10 +15,13 @@ import torch
 from torch import Tensor
 
 from flwr_byz.attacks.base import Attack, AttackContext, HonestLoss, relative_spread
+from flwr_byz.attacks.batching import aggregate_copies, check_counts
 from flwr_byz.attacks.line_search import SOLVERS
-from flwr_byz.attacks.span import candidate_stacks, span_aggregation
+from flwr_byz.attacks.span import span_aggregation
 
 
+SCORE_BATCH_ELEMS = 2**26
+"""Entries of one scoring call's aggregates and updated models ``(k, 2, d)``: ``2^25 / d`` lambdas a call."""
 FLAT_PROBES = -np.logspace(0, 6, 7)  # scored when the loss is flat; the farthest aggregate from gbar wins
 FINGERPRINT_STRIDE = 64  # an aggregate's fingerprint hashes every 64th entry; equal fingerprints are compared whole
 
@@ -52,8 +55,9 @@ class JumpObjective:
     ``k`` lambdas give ``k`` aggregates ``(k, d)``: in the span of the honest vectors
     when ``span_aggregation`` supports the aggregator (no ``(k, n, d)`` stack, see
     ``span``), else by one call of the batched rule on the candidate stacks
-    ``(k, n, d)`` (honest rows, then ``f`` copies of ``lambda * gbar``, in ``ctx.order``), ``k``
-    chunked so that one call materialises at most ``max_batch_elems`` entries.
+    ``(k, n, d)`` (honest rows, then ``f`` copies of ``lambda * gbar``, in ``ctx.order``), chunked so
+    that one call materialises at most ``max_batch_elems`` entries (``None``: the device's default,
+    :func:`~flwr_byz.attacks.batching.batch_elems`). One scoring call takes up to :data:`SCORE_BATCH_ELEMS` entries.
     Each distinct aggregate (byte for byte) is scored once per step, within and across
     calls (saturated rules give one aggregate for many lambdas; refinements revisit
     them): aggregates are kept, indexed by a :func:`fingerprint` of a strided sample, and a lambda scored
@@ -70,7 +74,7 @@ class JumpObjective:
     calls, ``finalists`` the aggregates rescored with ``L_H``.
     """
 
-    def __init__(self, honest: Tensor, ctx: AttackContext, max_batch_elems: int) -> None:
+    def __init__(self, honest: Tensor, ctx: AttackContext, max_batch_elems: int | None = None) -> None:
         aggregator, params, loss = ctx.aggregator, ctx.params, ctx.honest_loss
         if aggregator is None or params is None or loss is None:
             missing = [k for k in ("aggregator", "params", "honest_loss") if getattr(ctx, k) is None]
@@ -83,8 +87,8 @@ class JumpObjective:
         self.span = span_aggregation(aggregator, honest, ctx.f, ctx.order)
         self.breakpoints = self.span.breakpoints() if self.span is not None else None
         self.seconds = {"setup": time.perf_counter() - start, "aggregate": 0.0, "loss": 0.0}
-        rows = 2 if self.span is not None else ctx.n  # (k, rows, d) entries per call: aggregates and their update
-        self.chunk = max(1, max_batch_elems // (rows * honest.shape[1]))
+        self.max_batch_elems = max_batch_elems
+        self.chunk = max(1, SCORE_BATCH_ELEMS // (2 * honest.shape[1]))  # lambdas per scoring call
         self.spread = relative_spread(honest)
         self.scored: dict[bytes, list[Scored]] = {}  # by fingerprint
         self.by_lambda: dict[float, Scored] = {}
@@ -148,7 +152,8 @@ class JumpObjective:
         lam = lam.to(device=self.honest.device, dtype=torch.float64)
         if self.span is not None:
             return self.span(lam)
-        return self.aggregator(candidate_stacks(self.honest, self.f, lam, self.order))
+        copies = lam.to(self.honest)[:, None] * self.gbar
+        return aggregate_copies(self.aggregator, self.honest, copies, self.f, self.order, self.max_batch_elems)
 
     def _losses(self, aggregates: Tensor, loss: HonestLoss) -> np.ndarray:
         """``loss(theta - lr * a)`` of each aggregate row, NaN as ``-inf``, as float64."""
@@ -199,7 +204,7 @@ class Jump(Attack):
     uphill. Solvers (``line_search``): ``"global"`` (default: batched grid and
     refinement, ``GlobalSearch``) or ``"powell"`` (the paper's: Powell from
     ``start = 1``, unbounded); ``solver_params`` are the chosen solver's fields.
-    ``max_batch_elems`` bounds the entries one batched aggregation materialises.
+    ``max_batch_elems`` bounds the entries one batched aggregation materialises (``None``: the device's default).
     With a screening loss in the context, the solver climbs the screened objective
     and the ``finalists`` best distinct aggregates are rescored with ``L_H``.
     Metrics: ``jump-lambda``, ``jump-loss`` (predicted honest loss after the
@@ -215,7 +220,7 @@ class Jump(Attack):
 
     name = "jump"
 
-    def __init__(self, solver: str = "global", max_batch_elems: int = 2**26, finalists: int = 2,
+    def __init__(self, solver: str = "global", max_batch_elems: int | None = None, finalists: int = 2,
                  **solver_params: object) -> None:
         super().__init__()
         if solver not in SOLVERS:
@@ -228,8 +233,7 @@ class Jump(Attack):
                 f"jump: unknown parameters {sorted(unknown)} for solver {solver!r}; "
                 f"valid: solver, max_batch_elems, finalists, {', '.join(sorted(valid))}"
             )
-        if min(max_batch_elems, finalists) < 1:
-            raise ValueError(f"jump: need max_batch_elems, finalists >= 1, got {max_batch_elems}, {finalists}")
+        check_counts("jump", max_batch_elems, finalists=finalists)
         self.solver = cls(**solver_params)  # type: ignore[arg-type]
         self.max_batch_elems, self.finalists = max_batch_elems, finalists
 

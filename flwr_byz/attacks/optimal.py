@@ -1,8 +1,8 @@
 """Scale searches scored in batches, and ByzFL's optimal ALIE and optimal IPM built on them.
 
 An attack of the form ``a(tau) = base + tau * direction`` is scored by sending ``f`` copies of ``a(tau)`` with the
-``h`` honest vectors through the defended rule. :func:`aggregate_copies` does that for many scales in one batched
-call of the rule on ``(k, n, d)`` stacks. The searches of ByzFL and of Shejwalkar & Houmansadr are sequential: each
+``h`` honest vectors through the defended rule; :func:`~flwr_byz.attacks.batching.aggregate_copies` does that for
+many scales in one batched call of the rule on ``(k, n, d)`` stacks. The searches of ByzFL and of Shejwalkar & Houmansadr are sequential: each
 probe's scale depends on whether the previous ones succeeded. :func:`speculative_search` runs such a search
 unchanged, but evaluates the probes of the next ``depth`` steps on both branches of every outcome in one call
 (``2^depth - 1`` probes, ``depth`` steps), then walks the path the outcomes choose: the same probes, in the same
@@ -20,32 +20,11 @@ from typing import Generic, TypeVar
 import torch
 from torch import Tensor
 
-from flwr_byz.attacks.base import Aggregator, Attack, AttackContext
-
-MAX_BATCH_ELEMS = 2**26
-"""Entries of the ``(k, n, d)`` candidate stacks one batched call of the rule may materialise (JUMP's default)."""
+from flwr_byz.attacks.base import Attack, AttackContext
+from flwr_byz.attacks.batching import aggregate_copies, check_counts
 
 Node = TypeVar("Node", bound=Hashable)
 Value = TypeVar("Value")
-
-
-def copies_stack(honest: Tensor, vectors: Tensor, f: int, order: Tensor | None) -> Tensor:
-    """The ``(k, n, d)`` stacks the defence sees: the ``h`` honest rows, then ``f`` copies of ``vectors[j]``,
-    rows permuted by ``order`` (``ctx.order``; ``None``: that order)."""
-    (h, d), k = honest.shape, len(vectors)
-    stack = torch.cat([honest.expand(k, h, d), vectors.unsqueeze(1).expand(k, f, d)], dim=1)
-    return stack if order is None else stack[:, order.to(stack.device)]
-
-
-def aggregate_copies(aggregator: Aggregator, honest: Tensor, vectors: Tensor, f: int, order: Tensor | None,
-                     max_batch_elems: int = MAX_BATCH_ELEMS) -> Tensor:
-    """``F(honest, f copies of vectors[j])`` for each row ``j`` of ``vectors`` ``(k, d)``: ``(k, d)``, in chunks of
-    at most ``max_batch_elems`` stacked entries per batched call."""
-    n, d = len(honest) + f, honest.shape[1]
-    chunk = max(1, max_batch_elems // (n * d))
-    with torch.no_grad():
-        return torch.cat([aggregator(copies_stack(honest, vectors[i : i + chunk], f, order))
-                          for i in range(0, len(vectors), chunk)])
 
 
 def deviation(aggregates: Tensor, gbar: Tensor) -> list[float]:
@@ -176,17 +155,16 @@ class OptimalScale(Attack):
     while the distance grows, then steps shrinking by ``ratio``. ``lookahead`` steps of the search are scored per
     batched call of the defended rule (:func:`speculative_search`; the result does not depend on it): 1, the
     default, is ByzFL's ``evals`` evaluations in as many calls; more trades extra evaluations for fewer calls
-    (slower on a CPU, where the evaluations dominate). ``max_batch_elems`` bounds one call's stacked entries.
+    (slower on a CPU, where the evaluations dominate). ``max_batch_elems`` bounds one call's stacked entries
+    (``None``: the device's default, :func:`~flwr_byz.attacks.batching.batch_elems`).
     Metrics ``<name>-tau``, ``<name>-distance`` (the distance at ``tau``), ``<name>-evals`` (scales scored,
     speculative ones included), ``<name>-calls``.
     """
 
     def __init__(self, evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8,
-                 lookahead: int = 1, max_batch_elems: int = MAX_BATCH_ELEMS) -> None:
+                 lookahead: int = 1, max_batch_elems: int | None = None) -> None:
         super().__init__()
-        for key, value in (("evals", evals), ("lookahead", lookahead), ("max_batch_elems", max_batch_elems)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{self.name}: {key} must be a positive integer, got {value!r}")
+        check_counts(self.name, max_batch_elems, evals=evals, lookahead=lookahead)
         if not (math.isfinite(start) and math.isfinite(delta) and delta != 0):
             raise ValueError(f"{self.name}: need a finite start and a finite, non-zero delta, got start={start}, "
                              f"delta={delta}")

@@ -9,7 +9,6 @@ from flwr_byz.attacks.closed_form import ALittleIsEnough, FallOfEmpires, Gaussia
 from flwr_byz.attacks.fang import Fang
 from flwr_byz.attacks.ipm import InnerProductManipulation
 from flwr_byz.attacks.jump import Jump
-from flwr_byz.attacks.jump_subspace import JumpSubspace
 from flwr_byz.attacks.mimic import Mimic
 from flwr_byz.attacks.minmax import MinMax, MinSum
 from flwr_byz.attacks.mpaf import MPAF
@@ -22,7 +21,7 @@ ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
     for cls in (SignFlip, FallOfEmpires, ALittleIsEnough, LabelFlip, Mimic, MinMax, MinSum, Jump, Gaussian, Inf,
                 InnerProductManipulation, OptimalALIE, OptimalIPM, Fang, AGRTailored,
-                MPAF, PoisonedFL, RelocatedOrthogonalPerturbation, JumpSubspace)
+                MPAF, PoisonedFL, RelocatedOrthogonalPerturbation)
 }
 
 

@@ -59,6 +59,7 @@ from flwr_byz.aggregation import (
 )
 from flwr_byz.aggregation.base import pairwise_sq_distances
 from flwr_byz.aggregation.sorting import FUSE_MIN_NUMEL, order_statistics
+from flwr_byz.attacks.batching import copies_stack
 
 SPAN_PRE = (NearestNeighborMixing, StaticClipping)
 SPAN_RULES = (Mean, GeometricMedian, Krum, MultiKrum)
@@ -190,14 +191,6 @@ def span_aggregation(aggregator: object, honest: Tensor, f: int,
     return SpanAggregation(aggregator, honest, f, order)
 
 
-def candidate_stacks(honest: Tensor, f: int, lams: Tensor, order: Tensor | None) -> Tensor:
-    """The candidate stacks ``(k, n, d)`` ``[honest, lambda gbar x f]`` in the defence's row ``order``."""
-    (h, d), k = honest.shape, len(lams)
-    copies = (lams.to(honest)[:, None] * honest.mean(0)).unsqueeze(1).expand(k, f, d)
-    stacks = torch.cat([honest.expand(k, h, d), copies], dim=1)
-    return stacks if order is None else stacks[:, order.to(honest.device)]
-
-
 def span_pays(aggregation: Aggregation, h: int, n: int) -> bool:
     """Whether the span's one-off ``O(h^2 d)`` (the Gram matrix and the basis) costs less than scoring
     :data:`CANDIDATES` aggregates directly: always with a quadratic stage (NNM, Krum, MultiKrum: ``O(n^2 d)`` per
@@ -223,8 +216,8 @@ class SpanAggregation:
             self.coords, self.basis, self.order = honest, None, None
             if type(aggregation.rule) is Mean:  # its weights (if any) follow the defence's row order
                 weighted = aggregation.rule.weights is not None
-                ends = candidate_stacks(honest, f, torch.tensor([0.0, 1.0], dtype=torch.float64),
-                                        order if weighted else None)
+                ends = torch.tensor([0.0, 1.0]).to(honest)[:, None] * honest.mean(0)  # lambda = 0 and 1
+                ends = copies_stack(honest, ends, f, order if weighted else None)
                 start, end = aggregation(ends).double()
                 self.affine = (start, end - start)
             return

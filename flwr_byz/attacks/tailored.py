@@ -15,15 +15,9 @@ from flwr_byz.aggregation.bulyan import Bulyan
 from flwr_byz.aggregation.clipping import StaticClipping
 from flwr_byz.aggregation.krum import Krum, MultiKrum
 from flwr_byz.attacks.base import Aggregator, Attack, AttackContext
+from flwr_byz.attacks.batching import aggregate_copies, check_counts, stacks
 from flwr_byz.attacks.minmax import PERTURBATIONS, perturbation
-from flwr_byz.attacks.optimal import (
-    MAX_BATCH_ELEMS,
-    SequentialSearch,
-    aggregate_copies,
-    copies_stack,
-    deviation,
-    speculative_search,
-)
+from flwr_byz.attacks.optimal import SequentialSearch, deviation, speculative_search
 
 SELECTING = ("krum", "multikrum", "bulyan")
 """Rules that keep some of the rows they receive: an attack can ask which."""
@@ -77,19 +71,17 @@ def selected_rows(aggregation: Aggregation, stacks: Tensor) -> Tensor:
 
 
 def copies_selected(aggregation: Aggregation, honest: Tensor, vectors: Tensor, f: int, order: Tensor | None,
-                    max_batch_elems: int = MAX_BATCH_ELEMS) -> list[bool]:
+                    max_batch_elems: int | None = None) -> list[bool]:
     """For each candidate ``vectors[j]``: whether the rule selects all ``f`` of its copies (all its ``s`` places,
     if ``s < f``: Krum's one winner is a copy)."""
-    h, d = honest.shape
-    n = h + f
-    byzantine = torch.arange(n, device=honest.device) >= h
+    h = len(honest)
+    byzantine = torch.arange(h + f, device=honest.device) >= h
     if order is not None:
         byzantine = byzantine[order.to(honest.device)]  # row j of the stack the defence sees is row order[j]
-    chunk = max(1, max_batch_elems // (n * d))
     out: list[bool] = []
     with torch.no_grad():
-        for i in range(0, len(vectors), chunk):
-            rows = selected_rows(aggregation, copies_stack(honest, vectors[i : i + chunk], f, order))
+        for stack in stacks(honest, vectors, f, order, max_batch_elems):
+            rows = selected_rows(aggregation, stack)
             kept = byzantine[rows].sum(-1)
             out += (kept == min(f, rows.shape[-1])).tolist()
     return out
@@ -166,7 +158,7 @@ class AGRTailored(Attack):
     name = "agr-tailored"
 
     def __init__(self, perturbation: str = "unit", gamma_init: float = 10.0, tol: float = 1e-5,
-                 objective: str = "auto", lookahead: int = 1, max_batch_elems: int = MAX_BATCH_ELEMS) -> None:
+                 objective: str = "auto", lookahead: int = 1, max_batch_elems: int | None = None) -> None:
         super().__init__()
         if perturbation not in PERTURBATIONS:
             raise ValueError(f"{self.name}: perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
@@ -175,9 +167,7 @@ class AGRTailored(Attack):
         if not (math.isfinite(gamma_init) and gamma_init > 0 and math.isfinite(tol) and tol > 0):
             raise ValueError(f"{self.name}: need finite gamma_init > 0 and tol > 0, got gamma_init={gamma_init}, "
                              f"tol={tol}")
-        for key, value in (("lookahead", lookahead), ("max_batch_elems", max_batch_elems)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{self.name}: {key} must be a positive integer, got {value!r}")
+        check_counts(self.name, max_batch_elems, lookahead=lookahead)
         self.perturbation, self.objective = perturbation, objective
         self.gamma_init, self.tol = float(gamma_init), float(tol)
         self.lookahead, self.max_batch_elems = lookahead, max_batch_elems

@@ -69,8 +69,8 @@ class Simulation:
                              "Flower path does: run it with --executor flower (or fraction-train=1)")
         if not 0 <= f < nodes:
             raise ValueError(f"num-byzantine={f} needs 0 <= f < nodes={nodes}")
+        settings.check_nodes(nodes)  # as RobustStrategy does for the n nodes it sends to, and its silent ones
         self.rule = settings.aggregator()
-        self.rule.check(nodes)  # as RobustStrategy does for the n nodes it sends to
         self.settings, self.n, self.f, self.h = settings, nodes, f, nodes - f
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         task, x, y, parts = honest_partitions(settings, self.h)

@@ -75,6 +75,7 @@ def main(grid: Grid, context: Context) -> None:
         raise ValueError(f"attack {settings.attack!r} with jump-tau={settings.jump_tau} plans ahead on the whole "
                          "simulation state, which only the in-process engine has: flwr-byz stress --executor engine")
     n = wait_for_nodes(grid)
+    settings.check_nodes(n)
     task = get_task(settings.task)
     torch.manual_seed(settings.seed)
     model = task.build_model()
