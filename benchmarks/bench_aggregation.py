@@ -16,6 +16,10 @@ aggregator ``get_aggregator(spec, f, **params)`` is applied to one tensor
   package of git revision ``REV`` (extracted with ``git archive`` and imported under another
   name), timed call by call alongside the current one, so both see the same machine load.
   E.g. ``--before 695ddf8``, the last revision with Gram-matrix distances and tie buckets.
+* ``byzfl x mean`` (with ``--byzfl``): the same ratio for ByzFL 0.0.11's implementation of the
+  rules it shares (:data:`BYZFL_SPECS`), called on the same tensor (ARC on a copy, as ours copies
+  too) and timed call by call alongside ours.
+* FLTrust scores against ``g_0 = `` the mean of the rows (its reference update).
 * ``--input attack``: the last ``f`` rows are copies of one Byzantine vector at 1e6 x the honest
   per-coordinate spread (the regime where a Gram matrix loses the honest distances).
 * ``peak extra / input``: each spec is run once more in a fresh subprocess
@@ -38,6 +42,7 @@ Run it from the repository root::
     python benchmarks/bench_aggregation.py
     python benchmarks/bench_aggregation.py --n 17 --d 1300000 --f 4 --repeat 5 --specs cm,gm,krum
     python benchmarks/bench_aggregation.py --before 695ddf8 --input attack --no-memory
+    python benchmarks/bench_aggregation.py --specs fltrust,dnc,signguard,flame,arc+cm,meamed,mda,caf --byzfl
 
 Torch uses its default number of threads unless ``--threads`` is given (the memory
 subprocesses use the same number).
@@ -65,8 +70,25 @@ import torch
 from flwr_byz.aggregation import get_aggregator
 
 DEFAULT_SPECS = (
-    "mean,cm,tm,gm,krum,multikrum,bulyan,cc,nnm+cm,nnm+tm,nnm+gm,nnm+krum,bucketing+nnm+cm,clipping+cm"
+    "mean,cm,tm,gm,krum,multikrum,bulyan,cc,nnm+cm,nnm+tm,nnm+gm,nnm+krum,bucketing+nnm+cm,clipping+cm,"
+    "fltrust,dnc,signguard,flame,arc+cm,meamed,mda,caf"
 )
+BYZFL_SPECS = ("mean", "cm", "tm", "krum", "meamed", "mda", "caf", "arc+cm")
+"""The specs ByzFL 0.0.11 implements too (its ``Krum`` scores ``n - f - 1`` neighbours, ours ``n - f - 2`` by
+default)."""
+
+
+def byzfl_rule(spec: str, f: int) -> Callable[[torch.Tensor], object]:
+    """ByzFL 0.0.11's implementation of ``spec`` (:data:`BYZFL_SPECS`) for ``f``, its ARC on a copy of the input
+    (ByzFL clips its argument in place)."""
+    import byzfl
+
+    if spec == "arc+cm":
+        arc, median = byzfl.ARC(f), byzfl.Median()
+        return lambda x: median(arc(x.clone()))
+    return {"mean": lambda: byzfl.Average(), "cm": lambda: byzfl.Median(), "tm": lambda: byzfl.TrMean(f),
+            "krum": lambda: byzfl.Krum(f), "meamed": lambda: byzfl.Meamed(f), "mda": lambda: byzfl.MDA(f),
+            "caf": lambda: byzfl.CAF(f)}[spec]()
 # Parameters a spec needs beyond ``f`` (given only to specs with that stage).
 STAGE_PARAMS = {"clipping": {"c": 1.0}}
 
@@ -216,6 +238,7 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--input", choices=INPUTS, default="random",
                         help=f"random normals, or f of them replaced by copies at {ATTACK_SCALE:g} x the spread")
+    parser.add_argument("--byzfl", action="store_true", help="also time ByzFL 0.0.11's implementation of shared rules")
     parser.add_argument("--before", metavar="REV", help="also time flwr_byz/aggregation of this git revision")
     parser.add_argument("--stat", choices=("median", "min"), default="median", help="statistic of the timed calls")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is steadier on a busy machine)")
@@ -229,14 +252,15 @@ def main() -> None:
         return
 
     specs = [s.strip() for s in args.specs.split(",") if s.strip()]
+    x = make_input(args.n, args.d, args.f, args.input)
     aggregators = {
-        spec: get_aggregator(spec, f_for(spec, args.f, args.n), n=args.n, **params_for(spec)) for spec in specs
+        spec: get_aggregator(spec, f_for(spec, args.f, args.n), n=args.n, **params_for(spec)).with_reference(x.mean(0))
+        for spec in specs
     }
     before = load_aggregation(args.before) if args.before else None
     for spec, agg in aggregators.items():
         if agg.f != args.f:
             print(f"note: {spec} runs with f={agg.f}, the largest it accepts for n={args.n}")
-    x = make_input(args.n, args.d, args.f, args.input)
     input_bytes = x.numel() * x.element_size()
     print(
         f"n={args.n} d={args.d} f={args.f} float32 {args.input} input={input_bytes / 2**20:.1f} MiB, "
@@ -250,8 +274,13 @@ def main() -> None:
         fns = [baseline, aggregators[spec]]
         if before is not None:
             fns.append(before.get_aggregator(spec, aggregators[spec].f, **params_for(spec)))
-        base_ms, *spec_ms = time_interleaved(fns, x, args.repeat)
-        rows.append((spec, *map(stat, spec_ms)))
+        byzfl = args.byzfl and spec in BYZFL_SPECS
+        if byzfl:
+            fns.append(byzfl_rule(spec, aggregators[spec].f))
+        base_ms, ms, *extra_ms = time_interleaved(fns, x, args.repeat)
+        old = stat(extra_ms[0]) if before is not None else None
+        theirs = stat(extra_ms[-1]) if byzfl else None
+        rows.append((spec, stat(ms), old, theirs))
         base_samples += base_ms
     # One baseline for the whole table: the statistic of all its calls, spread over the run.
     mean_ms = stat(base_samples)
@@ -272,15 +301,19 @@ def main() -> None:
         return f"{ratio:.2f}" + (" !" if ratio > args.mem_limit else "")
 
     width = max(len(s) for s in ["torch.mean", "spec", *specs])
-    then = f" | {'before x mean':>13}" if before is not None else ""
-    header = f"{'spec':<{width}} | {'ms/call':>9} | {'x mean':>7}{then} | peak extra / input"
-    print(header)
-    print("-" * len(header))
-    blank = f" | {'':>13}" if before is not None else ""
+    columns = [name for name, on in (("before x mean", before is not None), ("byzfl x mean", args.byzfl)) if on]
+
+    def cells(*values: float | None) -> str:
+        return "".join(f" | {'-' if v is None else f'{v / mean_ms:.2f}':>13}" for v in values)
+
+    header = f"{'spec':<{width}} | {'ms/call':>9} | {'x mean':>7}{''.join(f' | {c:>13}' for c in columns)}"
+    print(header + " | peak extra / input")
+    print("-" * (len(header) + 21))
+    blank = "".join(f" | {'':>13}" for _ in columns)
     print(f"{'torch.mean':<{width}} | {mean_ms:>9.1f} | {1.0:>7.2f}{blank} | {mem_cell('torch.mean')}")
-    for spec, ms, *old_ms in rows:
-        then = "".join(f" | {o / mean_ms:>13.2f}" for o in old_ms)
-        print(f"{spec:<{width}} | {ms:>9.1f} | {ms / mean_ms:>7.2f}{then} | {mem_cell(spec)}")
+    for spec, ms, old, theirs in rows:
+        extra = cells(*[v for v, on in ((old, before is not None), (theirs, args.byzfl)) if on])
+        print(f"{spec:<{width}} | {ms:>9.1f} | {ms / mean_ms:>7.2f}{extra} | {mem_cell(spec)}")
     print(
         f"\ntorch.mean baseline: {args.stat} of {len(base_samples)} calls, "
         f"range {min(base_samples):.1f}-{max(base_samples):.1f} ms (a wide range means a busy machine)"

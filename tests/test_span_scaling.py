@@ -243,3 +243,49 @@ def test_the_mean_alone_is_affine_in_lambda(weighted: bool) -> None:
     lams = torch.tensor([-1e6, -3.0, 0.0, 0.7, 1.0, 40.0], dtype=torch.float64)
     expected = agg(copies_stack(honest, lams.float()[:, None] * honest.mean(0), f, order))
     torch.testing.assert_close(fast(lams), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("spec", ["fltrust", "clipping+fltrust", "arc+fltrust"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fltrust_sees_only_the_sign_of_lambda(spec: str, dtype: torch.dtype) -> None:
+    """FLTrust (after row-wise clippings) rescales every reply to ``||g0||``: ``lambda gbar`` enters only through
+    ``sign(lambda)``. Three aggregations equal the rule on each whole stack, including huge and tiny lambdas and
+    ``lambda = 0`` (a zero row, no trust), in the defence's row order; ``phi`` jumps only at 0."""
+    from flwr_byz.attacks.batching import copies_stack
+    from flwr_byz.attacks.span import SignAggregation
+
+    h, f, d = 12, 3, 400
+    honest = honest_vectors(5, h, d, 0.8).to(dtype)
+    reference = honest.mean(0) + 0.3 * honest.std(0)  # g0: near the honest mean, not on it
+    agg = get_aggregator(spec, f, **({"c": 0.5} if spec.startswith("clipping") else {})).with_reference(reference)
+    order = torch.randperm(h + f, generator=torch.Generator().manual_seed(3))
+    fast = span_aggregation(agg, honest, f, order)
+    assert isinstance(fast, SignAggregation) and fast.breakpoints().tolist() == [0.0]
+    lams = torch.tensor([-1e30, -1e6, -3.0, -1e-6, 0.0, 1e-30, 0.1, 1.0, 7.0, 1e6], dtype=torch.float64)
+    expected = agg(copies_stack(honest, lams.to(dtype)[:, None] * honest.mean(0), f, order))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(fast(lams), expected, rtol=tol, atol=tol * float(reference.norm()))
+    negative, zero, positive = fast(torch.tensor([-1.0, 0.0, 1.0]))
+    assert not torch.allclose(negative, positive) and not torch.allclose(zero, positive)
+
+
+def test_jump_against_fltrust_aggregates_three_stacks_and_damages_as_the_whole_stacks(monkeypatch) -> None:
+    """JUMP against FLTrust through the three sign aggregates reaches the honest loss the whole-stack path reaches
+    (the same sign of lambda), aggregating three stacks instead of one per candidate."""
+    from flwr_byz.aggregation.fltrust import FLTrust
+
+    stacks: list[int] = []
+    apply = FLTrust._apply
+    monkeypatch.setattr(FLTrust, "_apply", lambda self, x: stacks.append(len(x)) or apply(self, x))
+    honest, ctx = random_problem(0, "fltrust", "quadratic")  # a problem where trusting the copies overshoots
+    ctx.aggregator = ctx.aggregator.with_reference(honest.mean(0) + honest.std(0))
+    fast, whole = get_attack("jump"), get_attack("jump")
+    a = fast(honest, ctx)
+    assert sum(stacks) == 3 and fast.metrics["jump-losses"] <= 3
+    plain = ctx.aggregator
+    b = whole(honest, AttackContext(**{**ctx.__dict__, "aggregator": lambda x: plain(x)}))  # no sign path
+    assert sum(stacks) - 3 == whole.metrics["jump-evals"] > 30
+    assert fast.metrics["jump-lambda"] > 0 and whole.metrics["jump-lambda"] > 0
+    assert fast.metrics["jump-loss"] == pytest.approx(whole.metrics["jump-loss"], rel=1e-9)
+    torch.testing.assert_close(plain(torch.cat([honest, a.expand(ctx.f, -1)])),
+                               plain(torch.cat([honest, b.expand(ctx.f, -1)])), rtol=1e-9, atol=1e-12)

@@ -35,6 +35,10 @@ class FLTrust(Rule):
     divides by zero). ``f`` is not used (no precondition beyond one reply); the rule tolerates any number
     of Byzantine replies as far as ``g_0`` is a good direction.
 
+    A reply enters only through its direction: ``f`` copies of ``lambda * gbar`` (JUMP's) give one output for
+    every ``lambda > 0``, one for every ``lambda < 0`` and one for ``lambda = 0``, so JUMP's search against
+    FLTrust is a choice of sign (three aggregations, :class:`~flwr_byz.attacks.span.SignAggregation`).
+
     ``reference`` is ``g_0`` ``(d,)`` (or ``(k, d)``, one per problem), given per round with
     :meth:`with_reference`; calling the rule without one raises ``ValueError``.
     """

@@ -35,6 +35,11 @@ linear isometry of ``R^p`` into ``R^d``.
   come from one sort per row of the honest distances and of the crossings of the copies'
   distances (:func:`nnm_breakpoints`, ``O(h^2 log h)``: 3 ms at ``n = 200``), not from NNM
   run on both sides of every candidate root (``O(n^4)``: 33 s per JUMP call at ``n = 100``).
+* FLTrust sees a reply only through its direction (its cosine with ``g_0``, then rescaled to
+  ``||g_0||``), and so do the row-wise clippings before it: every ``lambda > 0`` gives one
+  aggregate, every ``lambda < 0`` another, ``lambda = 0`` (a zero row, no direction) a third.
+  :class:`SignAggregation` computes those three, once per step; ``phi`` is then piecewise
+  constant with its only jump at 0, and JUMP against FLTrust is a choice of sign.
 """
 
 from __future__ import annotations
@@ -46,8 +51,10 @@ import torch
 from torch import Tensor
 
 from flwr_byz.aggregation import (
+    AdaptiveRobustClipping,
     Aggregation,
     CoordinateMedian,
+    FLTrust,
     GeometricMedian,
     Krum,
     Mean,
@@ -62,6 +69,10 @@ from flwr_byz.aggregation.sorting import FUSE_MIN_NUMEL, order_statistics
 from flwr_byz.attacks.batching import copies_stack
 
 SPAN_PRE = (NearestNeighborMixing, StaticClipping)
+ROW_WISE = (StaticClipping, AdaptiveRobustClipping)
+"""Pre-aggregators whose output row ``i`` is input row ``i`` rescaled by a positive factor (a zero row stays zero):
+after them a selected row is still one node's vector, in its direction (NNM's rows mix several, bucketing regroups
+them)."""
 SPAN_RULES = (Mean, GeometricMedian, Krum, MultiKrum)
 COORDINATE_RULES = (CoordinateMedian, TrimmedMean)
 CANDIDATES = 35  # aggregates JUMP's default search scores per round (34-36 measured): what the span must repay
@@ -179,6 +190,9 @@ def span_aggregation(aggregator: object, honest: Tensor, f: int,
     if not isinstance(aggregator, Aggregation) or f < 1:
         return None
     rule = aggregator.rule
+    if type(rule) is FLTrust and all(type(stage) in ROW_WISE for stage in aggregator.pre):
+        aggregator.check(len(honest) + f)
+        return SignAggregation(aggregator, honest, f, order)
     if any(type(stage) not in SPAN_PRE for stage in aggregator.pre):
         return None
     if type(rule) not in SPAN_RULES + COORDINATE_RULES or (type(rule) is GeometricMedian and rule.start == "median"):
@@ -200,6 +214,23 @@ def span_pays(aggregation: Aggregation, h: int, n: int) -> bool:
         return True
     passes = aggregation.rule.iterations if type(aggregation.rule) is GeometricMedian else 1
     return h * h <= CANDIDATES * n * passes
+
+
+class SignAggregation:
+    """FLTrust's candidate aggregates (module docstring): ``F(X(lambda)) = F(X(sign(lambda)))``, three
+    aggregations for every candidate. Equal to the rule on each whole stack up to the rounding of
+    ``lambda * gbar``'s direction."""
+
+    def __init__(self, aggregation: Aggregation, honest: Tensor, f: int, order: Tensor | None = None) -> None:
+        signs = torch.tensor([-1.0, 0.0, 1.0]).to(honest)[:, None] * honest.mean(0)
+        self.aggregates = aggregation(copies_stack(honest, signs, f, order))  # lambda = -1, 0, 1
+
+    def __call__(self, lams: Tensor) -> Tensor:
+        return self.aggregates[torch.sign(lams).long().to(self.aggregates.device) + 1]
+
+    def breakpoints(self) -> np.ndarray:
+        """``phi`` is constant on each side of 0."""
+        return np.zeros(1)
 
 
 class SpanAggregation:

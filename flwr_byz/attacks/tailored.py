@@ -10,20 +10,16 @@ import torch
 from torch import Tensor
 
 from flwr_byz.aggregation import Aggregation
-from flwr_byz.aggregation.arc import AdaptiveRobustClipping
 from flwr_byz.aggregation.bulyan import Bulyan
-from flwr_byz.aggregation.clipping import StaticClipping
 from flwr_byz.aggregation.krum import Krum, MultiKrum
 from flwr_byz.attacks.base import Aggregator, Attack, AttackContext
 from flwr_byz.attacks.batching import aggregate_copies, check_counts, stacks
 from flwr_byz.attacks.minmax import PERTURBATIONS, perturbation
 from flwr_byz.attacks.optimal import SequentialSearch, deviation, speculative_search
+from flwr_byz.attacks.span import ROW_WISE
 
 SELECTING = ("krum", "multikrum", "bulyan")
 """Rules that keep some of the rows they receive: an attack can ask which."""
-ROW_WISE = (StaticClipping, AdaptiveRobustClipping)
-"""Pre-aggregators whose output row ``i`` is input row ``i`` rescaled: after them a selected row is still one
-node's vector (NNM's rows mix several, bucketing regroups them)."""
 OBJECTIVES = ("auto", "selection", "distance")
 MAX_STEPS = 200  # the bisection's steps, whatever tol: 10 / 2^200 is far below any float's resolution
 
