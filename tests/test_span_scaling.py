@@ -289,3 +289,45 @@ def test_jump_against_fltrust_aggregates_three_stacks_and_damages_as_the_whole_s
     assert fast.metrics["jump-loss"] == pytest.approx(whole.metrics["jump-loss"], rel=1e-9)
     torch.testing.assert_close(plain(torch.cat([honest, a.expand(ctx.f, -1)])),
                                plain(torch.cat([honest, b.expand(ctx.f, -1)])), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dnc_candidates_scored_on_the_sampled_columns_equal_the_rule(dtype: torch.dtype) -> None:
+    """DnC's kept rows depend only on its sampled coordinates: candidates scored on those columns and averaged from
+    the honest rows and the copies equal the rule on whole stacks (huge, tiny, zero and negative lambdas, in the
+    defence's row order), and JUMP takes that path where the samples cover less than half the coordinates."""
+    from flwr_byz.attacks.batching import copies_stack
+    from flwr_byz.attacks.span import SampledAggregation
+
+    h, f, d = 12, 3, 4000
+    honest = honest_vectors(6, h, d, 1.5).to(dtype)
+    agg = get_aggregator("dnc", f, b=200, niters=3).for_round(7)
+    order = torch.randperm(h + f, generator=torch.Generator().manual_seed(4))
+    fast = span_aggregation(agg, honest, f, order)
+    assert isinstance(fast, SampledAggregation) and len(fast.columns) <= 600
+    lams = torch.tensor([-1e30, -1e3, -2.0, 0.0, 1e-6, 0.5, 1.0, 1.3, 4.0, 1e6], dtype=torch.float64)
+    expected = agg(copies_stack(honest, lams.to(dtype)[:, None] * honest.mean(0), f, order))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(fast(lams), expected, rtol=tol, atol=tol * float(expected.abs().max()))
+    kept = agg.rule.kept(copies_stack(honest, lams.to(dtype)[:, None] * honest.mean(0), f, None))
+    assert kept[:, h:].any() and not kept[:, h:].all()  # some candidates keep their copies, some lose them
+    assert span_aggregation(get_aggregator("dnc", f, b=3000), honest, f) is None  # samples cover most of d
+    assert span_aggregation(get_aggregator("bucketing+dnc", f, b=200), honest, f) is None
+
+
+def test_dnc_ties_at_a_cut_go_by_whole_rows() -> None:
+    """Honest rows in pairs ``+- delta_k`` (so ``gbar = 0`` and the copies are zero rows): each pair scores alike
+    on any coordinates, so removing 3 rows cuts the second pair. DnC breaks that tie on whole rows; the sampled
+    path sees it and computes the candidate on its whole stack, so it still equals the rule."""
+    from flwr_byz.attacks.batching import copies_stack
+
+    gen = torch.Generator().manual_seed(8)
+    deltas = [s * torch.randn(3000, generator=gen, dtype=torch.float64) for s in (3.0, 2.0, 1.0, 0.5, 0.25, 0.1)]
+    honest = torch.stack([sign * delta for delta in deltas for sign in (1, -1)])
+    agg = get_aggregator("dnc", 3, b=100, niters=2)
+    fast = span_aggregation(agg, honest, 3)
+    lams = torch.tensor([1.0, -5.0], dtype=torch.float64)
+    x = copies_stack(honest, lams[:, None] * honest.mean(0), 3, None)
+    _, tied = agg.rule.kept_on(x, agg.rule.samples(3000))
+    assert tied.tolist() == [True, True]
+    torch.testing.assert_close(fast(lams), agg(x), rtol=1e-12, atol=1e-12)

@@ -24,6 +24,15 @@ def average(x: Tensor, keep: Tensor | None = None, scale: Tensor | None = None) 
     return (p.to(x.dtype).unsqueeze(-2) @ x).squeeze(-2).clamp(-top, top)
 
 
+def tied_at_cut(scores: Tensor, m: int, order: Tensor | None = None) -> Tensor:
+    """Whether the ``m``-th and ``(m+1)``-th lowest of each problem's ``scores`` ``(k, n)`` are equal ``(k,)``
+    (``order``: ``scores.argsort(dim=-1, stable=True)`` if already computed)."""
+    if m >= scores.shape[-1]:
+        return torch.zeros(scores.shape[:-1], dtype=torch.bool, device=scores.device)
+    ranked = scores.gather(-1, scores.argsort(dim=-1, stable=True) if order is None else order)
+    return ranked[..., m - 1] == ranked[..., m]
+
+
 def lowest(x: Tensor, scores: Tensor, m: int) -> Tensor:
     """The mask ``(k, n)`` of the ``m`` rows of ``x`` with the lowest ``scores`` ``(k, n)``.
 
@@ -32,8 +41,7 @@ def lowest(x: Tensor, scores: Tensor, m: int) -> Tensor:
     """
     order = scores.argsort(dim=-1, stable=True)
     if m < scores.shape[-1]:
-        ranked = scores.gather(-1, order)
-        tied = (ranked[..., m - 1] == ranked[..., m]).nonzero().flatten()
+        tied = tied_at_cut(scores, m, order).nonzero().flatten()
         if len(tied):
             sub = x[tied]
             order[tied] = sort_by(scores[tied], tie_order(sub, pairwise_sq_distances(sub)))
@@ -118,13 +126,22 @@ class DnC(Rule):
 
     def kept(self, x: Tensor) -> Tensor:
         """The rows ``(k, n)`` kept in every iteration, as a boolean mask."""
-        k, n, d = x.shape
+        return self.kept_on(x, self.samples(x.shape[-1], x.device))[0]
+
+    def kept_on(self, x: Tensor, samples: list[Tensor | None]) -> tuple[Tensor, Tensor]:
+        """The rows ``(k, n)`` kept in every iteration scored on the columns ``samples`` of ``x`` (index tensors
+        into its last dimension; ``None``: all), and whether a cut was tied ``(k,)`` (a tie goes by the rows of
+        ``x`` as given: JUMP's copies path passes only the sampled columns and redoes those problems whole)."""
+        k, n, _ = x.shape
         keep = torch.ones(k, n, dtype=torch.bool, device=x.device)
+        tied = torch.zeros(k, dtype=torch.bool, device=x.device)
         if self.removed == 0:
-            return keep
-        for coords in self.samples(d, x.device):
-            keep &= lowest(x, self.scores(x, coords), n - self.removed)
-        return keep
+            return keep, tied
+        for coords in samples:
+            scores = self.scores(x, coords)
+            tied |= tied_at_cut(scores, n - self.removed)
+            keep &= lowest(x, scores, n - self.removed)
+        return keep, tied
 
     def _apply(self, x: Tensor) -> Tensor:
         return average(x, self.kept(x))

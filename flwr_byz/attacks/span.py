@@ -40,6 +40,9 @@ linear isometry of ``R^p`` into ``R^d``.
   aggregate, every ``lambda < 0`` another, ``lambda = 0`` (a zero row, no direction) a third.
   :class:`SignAggregation` computes those three, once per step; ``phi`` is then piecewise
   constant with its only jump at 0, and JUMP against FLTrust is a choice of sign.
+* DnC keeps rows by their scores on a few sampled coordinates and averages them:
+  :class:`SampledAggregation` scores the candidates on those columns only and builds each
+  output from the honest rows and the copies, without the ``(k, n, d)`` stacks.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from flwr_byz.aggregation import (
     AdaptiveRobustClipping,
     Aggregation,
     CoordinateMedian,
+    DnC,
     FLTrust,
     GeometricMedian,
     Krum,
@@ -193,6 +197,10 @@ def span_aggregation(aggregator: object, honest: Tensor, f: int,
     if type(rule) is FLTrust and all(type(stage) in ROW_WISE for stage in aggregator.pre):
         aggregator.check(len(honest) + f)
         return SignAggregation(aggregator, honest, f, order)
+    if type(rule) is DnC and not aggregator.pre and rule.sample_size(honest.shape[1]) < honest.shape[1]:
+        aggregator.check(len(honest) + f)
+        sampled = SampledAggregation(aggregator, honest, f, order)
+        return sampled if 2 * len(sampled.columns) <= honest.shape[1] else None
     if any(type(stage) not in SPAN_PRE for stage in aggregator.pre):
         return None
     if type(rule) not in SPAN_RULES + COORDINATE_RULES or (type(rule) is GeometricMedian and rule.start == "median"):
@@ -231,6 +239,40 @@ class SignAggregation:
     def breakpoints(self) -> np.ndarray:
         """``phi`` is constant on each side of 0."""
         return np.zeros(1)
+
+
+class SampledAggregation:
+    """DnC's candidate aggregates (module docstring). The rows DnC keeps depend on a stack only through the round's
+    sampled coordinates (a tie at a cut aside, which it breaks on whole rows), and its output is their mean. So
+    each candidate is scored on the union ``U`` of the samples, ``(k, n, |U|)`` instead of ``(k, n, d)``, and its
+    output is ``sum_i p_i g_i + (sum_copies p_j) a`` with ``p`` the kept rows' weights; candidates with a tied cut
+    go through the rule on their whole stacks. Equal to the rule up to the summation order of the mean."""
+
+    def __init__(self, aggregation: Aggregation, honest: Tensor, f: int, order: Tensor | None = None) -> None:
+        self.aggregation, self.rule, self.honest, self.f = aggregation, aggregation.rule, honest, f
+        samples: list[Tensor] = self.rule.samples(honest.shape[1], honest.device)  # type: ignore[assignment]
+        self.columns = torch.unique(torch.cat(samples))
+        self.samples: list[Tensor | None] = [torch.searchsorted(self.columns, s) for s in samples]
+        self.order = None if order is None else order.to(honest.device)
+
+    def __call__(self, lams: Tensor) -> Tensor:
+        honest, f, order = self.honest, self.f, self.order
+        vectors = lams.to(honest)[:, None] * honest.mean(0)
+        sampled = copies_stack(honest[:, self.columns], vectors[:, self.columns], f, order)
+        kept, tied = self.rule.kept_on(sampled, self.samples)
+        if order is not None:  # row j of the stack is row order[j] of [honest, copies]
+            kept = torch.empty_like(kept).index_copy_(1, order, kept)
+        w = kept.double()
+        p = (w / w.sum(dim=-1, keepdim=True).clamp_min(1.0)).to(honest.dtype)  # DnC's mean, as ``average``
+        top = torch.finfo(honest.dtype).max
+        out = (p[:, : len(honest)] @ honest + p[:, len(honest) :].sum(-1, keepdim=True) * vectors).clamp(-top, top)
+        for i in tied.nonzero().flatten().tolist():  # a tie at a cut goes by whole rows
+            out[i] = self.aggregation(copies_stack(honest, vectors[i : i + 1], f, order))[0]
+        return out
+
+    def breakpoints(self) -> None:
+        """Unknown: every change of the kept rows is a jump."""
+        return None
 
 
 class SpanAggregation:
