@@ -170,8 +170,8 @@ def test_sigterm_to_a_launcher_leaves_no_flower_or_ray_process_behind(tmp_path):
     # A process running a long `flwr run` through FlowerLauncher (as `flwr-byz stress`, sweeps and the benchmarks
     # do) gets SIGTERM once the run is under way: afterwards no process carries its FLWR_HOME.
     home, app = tmp_path / "home", ROOT / "simulations" / "paper"
-    config = {"task": "toy2d", "aggregation": "cm", "num-byzantine": 1, "rounds": 10**6, "eval-every": 1000,
-              "results-dir": str(tmp_path)}
+    config = {"task": "toy2d", "aggregation": "cm", "num-byzantine": 1, "attack": "sf", "rounds": 10**6,
+              "eval-every": 1000, "results-dir": str(tmp_path)}
     script = (f"from pathlib import Path\nfrom flwr_byz.runs.launcher import FlowerLauncher\n"
               f"with FlowerLauncher(Path({str(home)!r})) as launcher:\n"
               f"    launcher.run(Path({str(app)!r}), {config!r}, num_supernodes=3)\n")

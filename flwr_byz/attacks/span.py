@@ -70,7 +70,7 @@ from flwr_byz.aggregation import (
 )
 from flwr_byz.aggregation.base import pairwise_sq_distances
 from flwr_byz.aggregation.sorting import FUSE_MIN_NUMEL, order_statistics
-from flwr_byz.attacks.batching import copies_stack
+from flwr_byz.attacks.batching import aggregate_copies, copies_stack
 
 SPAN_PRE = (NearestNeighborMixing, StaticClipping)
 ROW_WISE = (StaticClipping, AdaptiveRobustClipping)
@@ -231,7 +231,7 @@ class SignAggregation:
 
     def __init__(self, aggregation: Aggregation, honest: Tensor, f: int, order: Tensor | None = None) -> None:
         signs = torch.tensor([-1.0, 0.0, 1.0]).to(honest)[:, None] * honest.mean(0)
-        self.aggregates = aggregation(copies_stack(honest, signs, f, order))  # lambda = -1, 0, 1
+        self.aggregates = aggregate_copies(aggregation, honest, signs, f, order)  # lambda = -1, 0, 1
 
     def __call__(self, lams: Tensor) -> Tensor:
         return self.aggregates[torch.sign(lams).long().to(self.aggregates.device) + 1]
