@@ -95,6 +95,7 @@ VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "powell": Variant({"solver": "powell"}),  # the paper's solver: Powell from lambda = 1
     "global-2048": Variant({}, sampled(2048, 256)),  # the default search on an 8x larger oracle sample
+    "sample-256": Variant({}, sampled(256)),  # every candidate and the answer on 256 examples (the CNN's size)
 }
 
 
