@@ -70,7 +70,7 @@ from flwr_byz.aggregation import (
 )
 from flwr_byz.aggregation.base import pairwise_sq_distances
 from flwr_byz.aggregation.sorting import FUSE_MIN_NUMEL, order_statistics
-from flwr_byz.attacks.batching import aggregate_copies, copies_stack
+from flwr_byz.attacks.batching import aggregate_copies, copies_stack, stacks
 
 SPAN_PRE = (NearestNeighborMixing, StaticClipping)
 ROW_WISE = (StaticClipping, AdaptiveRobustClipping)
@@ -244,9 +244,10 @@ class SignAggregation:
 class SampledAggregation:
     """DnC's candidate aggregates (module docstring). The rows DnC keeps depend on a stack only through the round's
     sampled coordinates (a tie at a cut aside, which it breaks on whole rows), and its output is their mean. So
-    each candidate is scored on the union ``U`` of the samples, ``(k, n, |U|)`` instead of ``(k, n, d)``, and its
-    output is ``sum_i p_i g_i + (sum_copies p_j) a`` with ``p`` the kept rows' weights; candidates with a tied cut
-    go through the rule on their whole stacks. Equal to the rule up to the summation order of the mean."""
+    each candidate is scored on the union ``U`` of the samples, ``(k, n, |U|)`` instead of ``(k, n, d)`` (in chunks
+    under :func:`~flwr_byz.attacks.batching.batch_elems`), and its output is ``sum_i p_i g_i + (sum_copies p_j) a``
+    with ``p`` the kept rows' weights; candidates with a tied cut go through the rule on their whole stacks. Equal
+    to the rule up to the summation order of the mean."""
 
     def __init__(self, aggregation: Aggregation, honest: Tensor, f: int, order: Tensor | None = None) -> None:
         self.aggregation, self.rule, self.honest, self.f = aggregation, aggregation.rule, honest, f
@@ -258,8 +259,8 @@ class SampledAggregation:
     def __call__(self, lams: Tensor) -> Tensor:
         honest, f, order = self.honest, self.f, self.order
         vectors = lams.to(honest)[:, None] * honest.mean(0)
-        sampled = copies_stack(honest[:, self.columns], vectors[:, self.columns], f, order)
-        kept, tied = self.rule.kept_on(sampled, self.samples)
+        chunks = stacks(honest[:, self.columns], vectors[:, self.columns], f, order)  # under the device's cap
+        kept, tied = (torch.cat(parts) for parts in zip(*(self.rule.kept_on(x, self.samples) for x in chunks)))
         if order is not None:  # row j of the stack is row order[j] of [honest, copies]
             kept = torch.empty_like(kept).index_copy_(1, order, kept)
         w = kept.double()
