@@ -222,10 +222,11 @@ class RunSettings:
         """Raise ``ValueError`` unless the rule can aggregate what the server receives each round from ``nodes``
         nodes: every reply, or only the honest ones when the Byzantine nodes stay silent (``attack = "none"``),
         where a rule that needs more would keep the initial model all run long."""
-        self.aggregator().check(nodes)
-        if self.attack == "none" and self.num_byzantine:
+        rule = self.aggregator()
+        rule.check(nodes)
+        if self.num_byzantine and not self.adversary.attacking:
             try:
-                self.aggregator().check(nodes - self.num_byzantine)
+                rule.check(nodes - self.num_byzantine)
             except ValueError as error:
                 raise ValueError(f"{error}. With attack='none' the {self.num_byzantine} Byzantine nodes stay silent "
                                  f"and the server receives {nodes - self.num_byzantine} replies a round: for a "

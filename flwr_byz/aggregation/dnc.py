@@ -24,28 +24,23 @@ def average(x: Tensor, keep: Tensor | None = None, scale: Tensor | None = None) 
     return (p.to(x.dtype).unsqueeze(-2) @ x).squeeze(-2).clamp(-top, top)
 
 
-def tied_at_cut(scores: Tensor, m: int, order: Tensor | None = None) -> Tensor:
-    """Whether the ``m``-th and ``(m+1)``-th lowest of each problem's ``scores`` ``(k, n)`` are equal ``(k,)``
-    (``order``: ``scores.argsort(dim=-1, stable=True)`` if already computed)."""
-    if m >= scores.shape[-1]:
-        return torch.zeros(scores.shape[:-1], dtype=torch.bool, device=scores.device)
-    ranked = scores.gather(-1, scores.argsort(dim=-1, stable=True) if order is None else order)
-    return ranked[..., m - 1] == ranked[..., m]
-
-
-def lowest(x: Tensor, scores: Tensor, m: int) -> Tensor:
-    """The mask ``(k, n)`` of the ``m`` rows of ``x`` with the lowest ``scores`` ``(k, n)``.
+def lowest(x: Tensor, scores: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """The mask ``(k, n)`` of the ``m`` rows of ``x`` with the lowest ``scores`` ``(k, n)``, and whether each
+    problem's cut was tied ``(k,)`` (its ``m``-th and ``(m+1)``-th lowest scores equal).
 
     An exact tie at the cut between distinct rows goes by :func:`~flwr_byz.aggregation.base.tie_order`
     (permutation invariant; its ``O(n^2 d)`` distances are computed only for problems with such a tie).
     """
     order = scores.argsort(dim=-1, stable=True)
+    tied = torch.zeros(scores.shape[:-1], dtype=torch.bool, device=scores.device)
     if m < scores.shape[-1]:
-        tied = tied_at_cut(scores, m, order).nonzero().flatten()
-        if len(tied):
-            sub = x[tied]
-            order[tied] = sort_by(scores[tied], tie_order(sub, pairwise_sq_distances(sub)))
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order[..., :m], True)
+        ranked = scores.gather(-1, order)
+        tied = ranked[..., m - 1] == ranked[..., m]
+        rows = tied.nonzero().flatten()
+        if len(rows):
+            sub = x[rows]
+            order[rows] = sort_by(scores[rows], tie_order(sub, pairwise_sq_distances(sub)))
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order[..., :m], True), tied
 
 
 class DnC(Rule):
@@ -138,9 +133,9 @@ class DnC(Rule):
         if self.removed == 0:
             return keep, tied
         for coords in samples:
-            scores = self.scores(x, coords)
-            tied |= tied_at_cut(scores, n - self.removed)
-            keep &= lowest(x, scores, n - self.removed)
+            kept, cut_tied = lowest(x, self.scores(x, coords), n - self.removed)
+            keep &= kept
+            tied |= cut_tied
         return keep, tied
 
     def _apply(self, x: Tensor) -> Tensor:

@@ -255,11 +255,12 @@ class SampledAggregation:
         self.columns = torch.unique(torch.cat(samples))
         self.samples: list[Tensor | None] = [torch.searchsorted(self.columns, s) for s in samples]
         self.order = None if order is None else order.to(honest.device)
+        self.gbar, self.sampled = honest.mean(0), honest[:, self.columns]  # the same for every candidate
 
     def __call__(self, lams: Tensor) -> Tensor:
         honest, f, order = self.honest, self.f, self.order
-        vectors = lams.to(honest)[:, None] * honest.mean(0)
-        chunks = stacks(honest[:, self.columns], vectors[:, self.columns], f, order)  # under the device's cap
+        vectors = lams.to(honest)[:, None] * self.gbar
+        chunks = stacks(self.sampled, vectors[:, self.columns], f, order)  # under the device's cap
         kept, tied = (torch.cat(parts) for parts in zip(*(self.rule.kept_on(x, self.samples) for x in chunks)))
         if order is not None:  # row j of the stack is row order[j] of [honest, copies]
             kept = torch.empty_like(kept).index_copy_(1, order, kept)
@@ -304,17 +305,11 @@ class SpanAggregation:
         if self.affine is not None:
             start, slope = self.affine
             return (start + lams.to(start)[:, None] * slope).to(self.coords.dtype)
-        return self.aggregate_copies(lams.to(self.coords)[:, None] * self.coords.mean(0))
-
-    def aggregate_copies(self, copies: Tensor) -> Tensor:
-        """``F`` of the honest rows and ``f`` copies of each row of ``copies``: ``(k, p)`` span coordinates, or
-        ``(k, d)`` vectors on the direct path (no basis: one set of honest rows for every candidate)."""
-        if self.basis is None:
-            return self._coordinate_rule(self.coords.unsqueeze(0), copies.to(self.coords))
-        (h, p), k = self.coords.shape, len(copies)
-        x = torch.cat([self.coords.expand(k, h, p), copies.unsqueeze(1).expand(k, self.f, p)], dim=1)
-        if self.order is not None:  # a weighted rule: its weights are in the defence's row order
-            x = x[:, self.order]
+        copies = lams.to(self.coords)[:, None] * self.coords.mean(0)
+        if self.basis is None:  # direct: one set of honest rows for every candidate
+            return self._coordinate_rule(self.coords.unsqueeze(0), copies)
+        h = len(self.coords)
+        x = copies_stack(self.coords, copies, self.f, self.order)  # order: a weighted rule's, else None
         if type(self.aggregation.rule) in SPAN_RULES:
             return self._lift(self.aggregation(x))
         for stage in self.aggregation.pre:
