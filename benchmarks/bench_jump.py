@@ -7,9 +7,12 @@ run starts from the same model and partition and makes ``--steps`` full steps:
 
     12 honest worker steps (``worker_step``)  +  the attack  +  one aggregation  +  the server update
 
-The attack sees an ``L_H`` oracle on ``--samples`` fresh training points per
-step (``samples / 12`` from each honest partition, as the Flower client draws
-them). Reported per aggregator and attack, averaged over the seeds: the median
+The attack sees the Flower path's ``L_H`` oracle (``flwr_byz.tasks.honest_losses``) on fresh
+training points every step, drawn evenly from the honest partitions: each ``--samples``
+entry ``SIZE[:SCREEN]`` scores every candidate on ``SCREEN`` of them and rescores the 2 best
+on all ``SIZE`` (``SCREEN`` 0 or absent: every candidate on ``SIZE``); ``default`` is the
+task's ``jump_sample``. Each seed runs SF before and after its JUMP runs, and SF's time is the mean of the two
+(a drift of the machine's speed cancels). Reported per aggregator and attack, averaged over the seeds: the median
 ms of a step and its ratio to SF's; the median ms of the server side (attack +
 aggregation) and its ratio to SF's (the attack-only ratio); the lambdas scored
 and the honest losses evaluated per step (distinct aggregates); and the damage:
@@ -19,15 +22,16 @@ along the run (the paper's metric; lower accuracy = more damage). Damage after
 a few dozen steps swings widely between seeds (a well-timed jump can double the
 loss), hence several seeds.
 
-    python benchmarks/bench_jump.py [--aggregators nnm+cm nnm+gm] [--steps 40] [--samples 1024 256] [--seeds 1 2 3 4 5]
+    python benchmarks/bench_jump.py [--aggregators nnm+cm nnm+gm] [--steps 40] [--samples default 1024 256]
+                                    [--seeds 1 2 3 4 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +41,9 @@ from torch import Tensor
 from flwr_byz.aggregation import get_aggregator
 from flwr_byz.attacks import AttackContext, get_attack
 from flwr_byz.flat import FlatLayout
-from flwr_byz.tasks import Task, WorkerConfig, get_task, partition, seeded_generator, worker_step
+from flwr_byz.tasks import (
+    LossSampling, Task, WorkerConfig, get_task, honest_losses, partition, seeded_generator, worker_step,
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,9 @@ class Setting:
     """Data, model and hyper-parameters shared by every run."""
 
     task: Task
-    shards: list[tuple[Tensor, Tensor]]
+    x: Tensor
+    y: Tensor
+    parts: list[np.ndarray]  # the honest partitions' indices into (x, y)
     probe: tuple[Tensor, Tensor]
     test: tuple[Tensor, Tensor]
     cfg: WorkerConfig
@@ -73,36 +81,35 @@ class Result:
 PARTS = ("attack", "setup", "aggregate", "loss")
 
 
-def honest_loss(s: Setting, model: torch.nn.Module, samples: int, round_: int) -> Callable[[Tensor], Tensor]:
-    """``L_H`` on ``samples // h`` fresh points of each honest partition: ``(k, d) -> (k,)``."""
-    gen = seeded_generator(s.seed, round_, "jump-loss")
-    picks = [torch.randperm(len(y), generator=gen)[: samples // len(s.shards)] for _, y in s.shards]
-    xs = torch.cat([x[i] for (x, _), i in zip(s.shards, picks, strict=True)])
-    ys = torch.cat([y[i] for (_, y), i in zip(s.shards, picks, strict=True)])
-    return lambda flat: s.task.batched_loss(model, flat, xs, ys)
+def sampling(task: Task, text: str) -> LossSampling:
+    """``default`` (the task's ``jump_sample``), ``SIZE`` or ``SIZE:SCREEN``."""
+    size, _, screen = (text if text != "default" else "{}:{}".format(*task.jump_sample)).partition(":")
+    return LossSampling(int(size), int(screen or 0))
 
 
-def run(s: Setting, spec: str, attack_name: str, params: dict[str, object], samples: int, steps: int) -> Result:
+def run(s: Setting, spec: str, attack_name: str, params: dict[str, object], samples: LossSampling | None,
+        steps: int) -> Result:
     """``steps`` Robust D-SGD steps from the seeded initial model under one attack."""
     torch.manual_seed(s.seed)
     model = s.task.build_model()
     layout = FlatLayout.of(model.state_dict())
     theta = layout.flatten(model.state_dict())
     agg, attack = get_aggregator(spec, f=s.f), get_attack(attack_name, **params)
-    h = len(s.shards)
+    shards = [(s.x[p], s.y[p]) for p in s.parts]
+    h = len(shards)
     momenta: list[Tensor | None] = [None] * h
     step_ms, server_ms, evals, losses, curve, accuracy = [], [], [], [], [], []
     parts: dict[str, list[float]] = {part: [] for part in PARTS}
     for t in range(1, steps + 1):
         start = time.perf_counter()
         model.load_state_dict(layout.unflatten(theta))
-        for i, (x, y) in enumerate(s.shards):
+        for i, (x, y) in enumerate(shards):
             momenta[i] = worker_step(s.task, model, x, y, momenta[i], s.cfg, s.seed, i, t).momentum
         honest = torch.stack(momenta)  # type: ignore[arg-type]
         server = time.perf_counter()
-        ctx = AttackContext(
-            n=h + s.f, f=s.f, aggregator=agg, lr=s.lr, params=theta, honest_loss=honest_loss(s, model, samples, t)
-        )
+        loss, screening = honest_losses(s.task, s.x, s.y, s.parts, samples, s.seed, t) if samples else (None, None)
+        ctx = AttackContext(n=h + s.f, f=s.f, aggregator=agg, lr=s.lr, params=theta, honest_loss=loss,
+                            screening_loss=screening)
         a = attack(honest, ctx)
         parts["attack"].append(1e3 * (time.perf_counter() - server))
         for part in PARTS[1:]:
@@ -130,7 +137,9 @@ def setting(task: Task, honest: int, f: int, alpha: float | None, seed: int, pro
     picked = union[torch.randperm(len(union), generator=seeded_generator(seed, "probe"))[:probe]]
     return Setting(
         task=task,
-        shards=[(x[p], y[p]) for p in parts],
+        x=x,
+        y=y,
+        parts=parts,
         probe=(x[picked], y[picked]),
         test=task.load("test"),
         cfg=WorkerConfig.for_task(task),
@@ -144,7 +153,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--aggregators", nargs="+", default=["nnm+cm", "nnm+gm"])
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--samples", type=int, nargs="+", default=[1024, 256], help="L_H sample sizes for JUMP")
+    ap.add_argument("--samples", nargs="+", default=["default", "1024", "256"],
+                    help="JUMP's L_H samples: SIZE[:SCREEN] (screening on SCREEN examples, the best 2 on SIZE) or "
+                         "default (the task's)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--honest", type=int, default=12)
     ap.add_argument("--f", type=int, default=3)
@@ -163,17 +174,26 @@ def main() -> None:
     )
     columns = ("aggregator", "attack", "L_H pts", "ms/step", "x SF", "server ms", "x SF", "evals", "losses")
     damage = ("mean L_H", "last L_H", "last acc", "max acc")
-    row = "{:<10} {:<12} {:>7} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7}"
+    row = "{:<10} {:<12} {:>8} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7}"
     print(row.format(*columns, *damage))
-    runs: list[tuple[str, str, dict[str, object], int]] = [("sf", "sf", {}, 0)]
+    runs: list[tuple[str, str, dict[str, object], str]] = [("sf", "sf", {}, "-")]
     runs += [("jump-global", "jump", {}, samples) for samples in args.samples]
     if not args.no_powell:
         runs.append(("jump-powell", "jump", {"solver": "powell"}, args.samples[0]))
-    where: dict[tuple[str, str, int], dict[str, float]] = {}
+    where: dict[tuple[str, str, str], dict[str, float]] = {}
     for spec in args.aggregators:
-        sf = [run(s, spec, "sf", {}, 0, args.steps) for s in settings]
+        results: dict[str, list[Result]] = {samples + label: [] for label, _, _, samples in runs}
+        for s in settings:  # per seed, SF before and after the JUMP runs: its time is their mean (drift cancels)
+            before = run(s, spec, "sf", {}, None, args.steps)
+            for label, name, params, samples in runs[1:]:
+                results[samples + label].append(run(s, spec, name, params, sampling(task, samples), args.steps))
+            after = run(s, spec, "sf", {}, None, args.steps)
+            results["-sf"].append(dataclasses.replace(
+                before, step_ms=(before.step_ms + after.step_ms) / 2, server_ms=(before.server_ms + after.server_ms) / 2
+            ))
+        sf = results["-sf"]
         for label, name, params, samples in runs:
-            rs = sf if name == "sf" else [run(s, spec, name, params, samples, args.steps) for s in settings]
+            rs = results[samples + label]
             ratios = [(r.step_ms / b.step_ms, r.server_ms / b.server_ms) for r, b in zip(rs, sf, strict=True)]
             cells = [
                 statistics.mean(r.step_ms for r in rs),
@@ -189,17 +209,18 @@ def main() -> None:
             ]
             formats = (".1f", ".2f", ".1f", ".1f", ".1f", ".1f", ".3f", ".3f", ".3f", ".3f")
             texts = [format(c, fmt) for c, fmt in zip(cells, formats, strict=True)]
-            print(row.format(spec, label, samples or "-", *texts), flush=True)
+            shown = samples if samples != "default" else "{}:{}".format(*task.jump_sample)
+            print(row.format(spec, label, shown, *texts), flush=True)
             if name == "jump":
-                where[(spec, label, samples)] = {p: statistics.mean(r.parts[p] for r in rs) for p in PARTS}
-                where[(spec, label, samples)]["honest"] = statistics.mean(r.step_ms - r.server_ms for r in rs)
+                where[(spec, label, shown)] = {p: statistics.mean(r.parts[p] for r in rs) for p in PARTS}
+                where[(spec, label, shown)]["honest"] = statistics.mean(r.step_ms - r.server_ms for r in rs)
     print("\nwhere a JUMP step's time goes, ms (honest: the 12 worker steps; setup: span and breakpoints; aggregate /"
-          " loss: the candidates' aggregates / honest losses; search: the rest of the attack)")
-    print(f"{'aggregator':<10} {'attack':<12} {'L_H pts':>7} {'honest':>7} {'setup':>7} {'aggregate':>9} {'loss':>7} "
+          " loss: the candidates' aggregates / honest losses; search: the rest of the attack, the oracle's draw included)")
+    print(f"{'aggregator':<10} {'attack':<12} {'L_H pts':>8} {'honest':>7} {'setup':>7} {'aggregate':>9} {'loss':>7} "
           f"{'search':>7}")
-    for (spec, label, samples), ms in where.items():
+    for (spec, label, shown), ms in where.items():
         search = ms["attack"] - ms["setup"] - ms["aggregate"] - ms["loss"]
-        print(f"{spec:<10} {label:<12} {samples:>7} {ms['honest']:7.1f} {ms['setup']:7.1f} {ms['aggregate']:9.1f} "
+        print(f"{spec:<10} {label:<12} {shown:>8} {ms['honest']:7.1f} {ms['setup']:7.1f} {ms['aggregate']:9.1f} "
               f"{ms['loss']:7.1f} {search:7.1f}")
 
 

@@ -49,7 +49,6 @@ from torch import Tensor
 from torch.func import functional_call
 
 from flwr_byz.attacks import get_attack, span
-from flwr_byz.aggregation import sorting
 from flwr_byz.attacks.base import Attack
 from flwr_byz.attacks.jump import fingerprint
 from flwr_byz.attacks.span import orthonormal_span, span_aggregation
@@ -96,6 +95,11 @@ VARIANTS: dict[str, Variant] = {
     "powell": Variant({"solver": "powell"}),  # the paper's solver: Powell from lambda = 1
     "global-2048": Variant({}, sampled(2048, 256)),  # the default search on an 8x larger oracle sample
     "sample-256": Variant({}, sampled(256)),  # every candidate and the answer on 256 examples (the CNN's size)
+    # Logistic regression's oracle (its default: every candidate on 1024 examples) against screened ones
+    "full-1024": Variant({}, sampled(1024)),
+    "full-2048": Variant({}, sampled(2048)),  # every candidate on 2048 examples
+    "screen-128": Variant({}, sampled(1024, 128)),  # candidates ranked on 128 examples, the 2 best on 1024
+    "screen-256-f4": Variant({"finalists": 4}, sampled(1024, 256)),  # ranked on 256, the 4 best on 1024
 }
 
 
@@ -171,11 +175,12 @@ def exact_levers(settings: RunSettings, state: RecordedRound, threads: int) -> N
             span.BLOCK = block
 
     def eager_network() -> Tensor:  # the selection network as one min/max pass over memory per comparator
-        fuse, sorting.FUSE_MIN_NUMEL = sorting.FUSE_MIN_NUMEL, 2**62
+        compiled = span.order_statistics
+        span.order_statistics = lambda rows, ranks, fuse=None: compiled(rows, ranks, fuse=False)
         try:
             return fast_span(lams)
         finally:
-            sorting.FUSE_MIN_NUMEL = fuse
+            span.order_statistics = compiled
 
     def householder() -> Tensor:  # the span's basis before: float64 Householder QR
         return torch.linalg.qr(state.honest.double().T)[0]

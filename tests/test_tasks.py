@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from flwr_byz.flat import FlatLayout
-from flwr_byz.tasks import TASKS, LossSampling, get_task, honest_losses
+from flwr_byz.tasks import TASKS, LossSampling, get_task, honest_losses, loss_draws
 from flwr_byz.tasks.models import Toy2d
 
 Z = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
@@ -219,3 +219,13 @@ def test_honest_loss_samples_split_evenly_and_screen_on_a_prefix() -> None:
     assert (again, again_prefix) == (everything, prefix) and other != everything and none is None  # seeded by (seed, round)
     with pytest.raises(ValueError, match="0 <= screen <= size"):
         LossSampling(size=8, screen=9)
+
+
+def test_loss_draws_are_seeded_permutations_and_a_limit_keeps_their_prefix() -> None:
+    parts = [np.arange(0, 50), np.arange(50, 57), np.arange(57, 120)]
+    whole = loss_draws(parts, seed=3, round_=4)
+    assert [sorted(d.tolist()) for d in whole] == [p.tolist() for p in parts]  # each partition, permuted
+    assert all(not torch.equal(d, torch.as_tensor(p)) for d, p in zip(whole, parts))
+    for limit in (1, 5, 9, 100):
+        assert [d.tolist() for d in loss_draws(parts, 3, 4, limit)] == [d[:limit].tolist() for d in whole]
+    assert [d.tolist() for d in loss_draws(parts, 3, 5)] != [d.tolist() for d in whole]  # another round

@@ -29,11 +29,11 @@ class LossSampling:
             raise ValueError(f"need size >= 1 and 0 <= screen <= size, got size={self.size}, screen={self.screen}")
 
 
-def loss_draws(parts: Sequence[np.ndarray], seed: int, round_: int) -> list[Tensor]:
-    """Each honest partition's examples in the seeded order of round ``round_`` (``(seed, round, "jump-loss")``):
-    JUMP's samples are prefixes of these."""
+def loss_draws(parts: Sequence[np.ndarray], seed: int, round_: int, limit: int | None = None) -> list[Tensor]:
+    """Each honest partition's examples in the seeded order of round ``round_`` (``(seed, round, "jump-loss")``),
+    the first ``limit`` of each (``None``: all): JUMP's samples are prefixes of these, the same for any ``limit``."""
     gen = seeded_generator(seed, round_, "jump-loss")
-    return [torch.as_tensor(p)[torch.randperm(len(p), generator=gen)] for p in parts]
+    return [torch.as_tensor(p)[torch.randperm(len(p), generator=gen)[:limit]] for p in parts]
 
 
 def honest_losses(
@@ -48,7 +48,9 @@ def honest_losses(
     ``screen // h`` of each worker's draw (at least one when ``screen > 0``; none when that is
     not fewer examples than ``L_H``'s).
     """
-    h, draws = len(parts), loss_draws(parts, seed, round_)
+    h = len(parts)
+    size, screen = max(1, sampling.size // h), max(1, sampling.screen // h)
+    draws = loss_draws(parts, seed, round_, size)
     model = task.build_model().to(device)
 
     def loss_on(per_worker: int, autocast: torch.dtype | None = None) -> HonestLoss:
@@ -56,6 +58,5 @@ def honest_losses(
         xs, ys = x[idx].to(device), y[idx].to(device)
         return lambda flat: task.batched_loss(model, flat, xs, ys, autocast=autocast)
 
-    size, screen = max(1, sampling.size // h), max(1, sampling.screen // h)
     screening = loss_on(screen, sampling.screen_dtype) if sampling.screen and screen < size else None
     return loss_on(size), screening
