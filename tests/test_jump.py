@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 
@@ -17,6 +18,8 @@ from flwr_byz.aggregation.nnm import nearest_neighbours
 from flwr_byz.aggregation.sorting import order_statistics
 from flwr_byz.attacks.jump import FINGERPRINT_STRIDE, fingerprint
 from flwr_byz.attacks.span import orthonormal_span, span_aggregation
+from flwr_byz.tasks import SampleLoss, get_task
+from flwr_byz.tasks.models import linear_logits
 
 Loss = Callable[[Tensor], Tensor]
 
@@ -507,3 +510,52 @@ def test_a_strict_maximum_is_not_a_tie() -> None:
     attack = get_attack("jump")
     attack(honest, ctx)
     assert attack.metrics["jump-ties"] == 1.0 and attack.metrics["jump-flat"] == 0.0
+
+
+def test_the_loss_along_the_span_scores_gm_candidates_from_the_basis_logits() -> None:
+    # MNIST logistic regression (logits linear in the parameters) against NNM + GM, whose aggregates lie in the honest
+    # span: the scoring loss comes from the logits of theta and the 12 basis rows (13 models), not one forward pass per
+    # candidate, and gives the direct losses to float32 rounding and the same lambda.
+    models: list[int] = []
+
+    def counted(entries: dict[str, Tensor], x: Tensor) -> Tensor:
+        models.append(len(entries["1.weight"]))
+        return linear_logits(entries, x)
+
+    task = dataclasses.replace(get_task("mnist-logreg"), batched_logits=counted)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(300, 1, 28, 28, generator=gen), torch.randint(10, (300,), generator=gen)
+    theta = 0.01 * torch.randn(7850, generator=gen)
+    honest = 0.05 * torch.randn(7850, generator=gen) + 0.02 * torch.randn(12, 7850, generator=gen)
+    loss = SampleLoss(task, task.build_model(), x, y)
+    ctx = AttackContext(n=15, f=3, aggregator=get_aggregator("nnm+gm", f=3), lr=0.7, params=theta, honest_loss=loss)
+    plain = AttackContext(**{**ctx.__dict__, "honest_loss": lambda flat: loss(flat)})  # type: ignore[misc]
+    lams = np.concatenate([np.linspace(-4, 6, 29), [-50.0, 50.0]])
+    fast, slow = JumpObjective(honest, ctx), JumpObjective(honest, plain)
+    fast_values = fast(lams)
+    assert fast.along is not None and models == [13]  # theta and the 12 basis rows, once
+    models.clear()
+    slow_values = slow(lams)
+    assert slow.along is None and sum(models) == slow.losses == 31  # one model per distinct candidate
+    assert np.allclose(fast_values, slow_values, rtol=2e-6, atol=0) and not np.array_equal(fast_values, slow_values)
+    attacks = get_attack("jump"), get_attack("jump")
+    for attack, context in zip(attacks, (ctx, plain), strict=True):
+        attack(honest, context)
+    assert attacks[0].metrics["jump-lambda"] == attacks[1].metrics["jump-lambda"]
+    assert attacks[0].metrics["jump-loss"] == pytest.approx(attacks[1].metrics["jump-loss"], rel=2e-6)
+
+
+def test_the_loss_along_the_span_waits_for_a_call_that_repays_it() -> None:
+    # Fewer new candidates than basis rows + 1 are scored directly; CM's aggregates leave the span: always directly.
+    gen = torch.Generator().manual_seed(1)
+    task = get_task("mnist-logreg")
+    x, y = torch.rand(64, 1, 28, 28, generator=gen), torch.randint(10, (64,), generator=gen)
+    honest = 0.05 * torch.randn(7850, generator=gen) + 0.02 * torch.randn(12, 7850, generator=gen)
+    loss = SampleLoss(task, task.build_model(), x, y)
+    for spec, lams, built in [("nnm+gm", np.linspace(0, 2, 13), False), ("nnm+gm", np.linspace(0, 2, 14), True),
+                              ("nnm+cm", np.linspace(-4, 6, 40), False)]:
+        ctx = AttackContext(n=15, f=3, aggregator=get_aggregator(spec, f=3), lr=0.7,
+                            params=torch.zeros(7850), honest_loss=loss)
+        phi = JumpObjective(honest, ctx)
+        phi(lams)
+        assert (phi.along is not None) == built, (spec, len(lams))

@@ -229,3 +229,15 @@ def test_loss_draws_are_seeded_permutations_and_a_limit_keeps_their_prefix() -> 
     for limit in (1, 5, 9, 100):
         assert [d.tolist() for d in loss_draws(parts, 3, 4, limit)] == [d[:limit].tolist() for d in whole]
     assert [d.tolist() for d in loss_draws(parts, 3, 5)] != [d.tolist() for d in whole]  # another round
+
+
+def test_the_loss_along_a_subspace_is_the_loss_at_its_points_and_needs_linear_logits() -> None:
+    task, gen = get_task("mnist-logreg"), torch.Generator().manual_seed(0)
+    model = task.build_model()
+    x, y = torch.rand(50, 1, 28, 28, generator=gen), torch.randint(10, (50,), generator=gen)
+    origin, directions = torch.randn(7850, generator=gen), torch.randn(3, 7850, generator=gen)
+    c = torch.tensor([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5], [0.1, 0.0, 3.0]])
+    along = task.loss_along(model, origin, directions, x, y)(c)
+    torch.testing.assert_close(along, task.batched_loss(model, origin + c @ directions, x, y), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="logits linear in the parameters"):
+        get_task("mnist").loss_along(get_task("mnist").build_model(), origin, directions, x, y)

@@ -305,16 +305,27 @@ class SpanAggregation:
         if self.affine is not None:
             start, slope = self.affine
             return (start + lams.to(start)[:, None] * slope).to(self.coords.dtype)
+        if self.in_span:
+            return self.lift(self.coordinates(lams))
         copies = lams.to(self.coords)[:, None] * self.coords.mean(0)
         if self.basis is None:  # direct: one set of honest rows for every candidate
             return self._coordinate_rule(self.coords.unsqueeze(0), copies)
         h = len(self.coords)
-        x = copies_stack(self.coords, copies, self.f, self.order)  # order: a weighted rule's, else None
-        if type(self.aggregation.rule) in SPAN_RULES:
-            return self._lift(self.aggregation(x))
+        x = copies_stack(self.coords, copies, self.f, self.order)
         for stage in self.aggregation.pre:
             x = stage(x)
         return self._coordinate_rule(x[:, :h], x[:, h])
+
+    @property
+    def in_span(self) -> bool:
+        """Whether the aggregates are ``c B``, ``c`` from :meth:`coordinates` (a span rule on the basis; CM and TM
+        leave the span)."""
+        return self.basis is not None and type(self.aggregation.rule) in SPAN_RULES
+
+    def coordinates(self, lams: Tensor) -> Tensor:
+        """The aggregates' coordinates ``c`` ``(k, p)`` (float64) in the basis ``B`` where :attr:`in_span`."""
+        copies = lams.to(self.coords)[:, None] * self.coords.mean(0)
+        return self.aggregation(copies_stack(self.coords, copies, self.f, self.order))  # a weighted rule's order
 
     def breakpoints(self) -> np.ndarray | None:
         """The sorted lambdas where ``F(X(lambda))`` may jump, or ``None`` if unknown.
@@ -333,7 +344,7 @@ class SpanAggregation:
             return None
         return nnm_breakpoints(self.coords.cpu(), self.f, len(self.coords) + self.f - self.aggregation.pre[0].f)
 
-    def _lift(self, coords: Tensor) -> Tensor:
+    def lift(self, coords: Tensor) -> Tensor:
         """Coordinates ``(..., p)`` to vectors ``(..., d)`` of the honest dtype."""
         return coords.to(self.basis.dtype) @ self.basis
 

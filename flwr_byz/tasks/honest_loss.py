@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,27 @@ class LossSampling:
     def __post_init__(self) -> None:
         if self.size < 1 or not 0 <= self.screen <= self.size:
             raise ValueError(f"need size >= 1 and 0 <= screen <= size, got size={self.size}, screen={self.screen}")
+
+
+@dataclass(frozen=True)
+class SampleLoss:
+    """``L_H`` on one sample ``(x, y)``: flat parameters ``(k, d) -> (k,)`` (:meth:`Task.batched_loss`)."""
+
+    task: Task
+    model: torch.nn.Module
+    x: Tensor
+    y: Tensor
+    autocast: torch.dtype | None = None
+
+    def __call__(self, flat: Tensor) -> Tensor:
+        return self.task.batched_loss(self.model, flat, self.x, self.y, autocast=self.autocast)
+
+    def along(self, origin: Tensor, directions: Tensor) -> Callable[[Tensor], Tensor] | None:
+        """``c (k, p) -> L(origin + c @ directions)`` from the ``p + 1`` models' logits where the task's logits are
+        linear in the parameters (:meth:`Task.loss_along`, full precision only), else ``None``."""
+        if not self.task.logits_linear or self.autocast is not None:
+            return None
+        return self.task.loss_along(self.model, origin, directions, self.x, self.y)
 
 
 def loss_draws(parts: Sequence[np.ndarray], seed: int, round_: int, limit: int | None = None) -> list[Tensor]:
@@ -55,8 +76,7 @@ def honest_losses(
 
     def loss_on(per_worker: int, autocast: torch.dtype | None = None) -> HonestLoss:
         idx = torch.cat([draw[:per_worker] for draw in draws])
-        xs, ys = x[idx].to(device), y[idx].to(device)
-        return lambda flat: task.batched_loss(model, flat, xs, ys, autocast=autocast)
+        return SampleLoss(task, model, x[idx].to(device), y[idx].to(device), autocast)
 
     screening = loss_on(screen, sampling.screen_dtype) if sampling.screen and screen < size else None
     return loss_on(size), screening

@@ -34,6 +34,8 @@ class Task:
     ``(N, k, classes)`` logits, so :meth:`batched_loss` runs all models in one product.
     ``jump_sample`` is JUMP's default ``(honest-loss sample, screening sample)`` in examples
     per round (``flwr_byz.tasks.LossSampling``), sized to the model's forward cost.
+    ``logits_linear``: the logits are linear in the parameters (a model without hidden layers, logistic regression),
+    so the loss anywhere in a subspace follows from the logits of its basis (:meth:`loss_along`).
     """
 
     name: str
@@ -45,6 +47,7 @@ class Task:
     hflip: bool = False
     batched_logits: Callable[[dict[str, Tensor], Tensor], Tensor] | None = None
     jump_sample: tuple[int, int] = (1024, 0)
+    logits_linear: bool = False
 
     def build_model(self) -> nn.Module:
         """A fresh model, initialised from torch's global RNG (seed it for determinism)."""
@@ -83,9 +86,26 @@ class Task:
     def _closed_form(self, entries: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         """Mean cross entropy ``(k,)`` from :attr:`batched_logits`."""
         assert self.batched_logits is not None
-        logits = self.batched_logits(entries, x)
-        picked = logits.gather(-1, y.view(-1, 1, 1).expand(-1, logits.shape[1], 1)).squeeze(-1)
-        return (logits.logsumexp(-1) - picked).mean(0)
+        return _cross_entropy(self.batched_logits(entries, x), y)
+
+    def loss_along(self, model: nn.Module, origin: Tensor, directions: Tensor, x: Tensor,
+                   y: Tensor) -> Callable[[Tensor], Tensor]:
+        """``c (k, p) -> (L(origin + c_1 @ directions), ..., L(origin + c_k @ directions))`` on ``(x, y)``, for a
+        task with :attr:`logits_linear`: ``z(origin + c D) = z(origin) + sum_i c_i z(D_i)``, so the ``p + 1``
+        models ``origin, D_1, ..., D_p`` (flat, ``(d,)`` and ``(p, d)``) run once and each ``c`` costs ``N p``
+        multiply-adds per class instead of a forward pass (in the logits' dtype)."""
+        if not self.logits_linear or self.batched_logits is None:
+            raise ValueError(f"task {self.name!r}: the loss along a subspace needs logits linear in the parameters")
+        flat = torch.cat([origin[None], directions.to(origin)])
+        with torch.no_grad():
+            logits = self.batched_logits(FlatLayout.of(model.state_dict()).unflatten(flat), x)  # (N, p + 1, C)
+        base, basis = logits[:, 0], logits[:, 1:].movedim(1, 0).flatten(1)  # (N, C), (p, N C)
+
+        def loss(c: Tensor) -> Tensor:
+            combined = (c.to(basis) @ basis).view(len(c), *base.shape) + base  # (k, N, C)
+            return _cross_entropy(combined.transpose(0, 1), y)
+
+        return loss
 
     def batched_loss(self, model: nn.Module, flat: Tensor, x: Tensor, y: Tensor, batch_size: int | None = None,
                      autocast: torch.dtype | None = None) -> Tensor:
@@ -124,6 +144,12 @@ class Task:
         return total / len(x)
 
 
+def _cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Mean cross entropy ``(k,)`` of logits ``(N, k, classes)`` for targets ``y`` ``(N,)``."""
+    picked = logits.gather(-1, y.view(-1, 1, 1).expand(-1, logits.shape[1], 1)).squeeze(-1)
+    return (logits.logsumexp(-1) - picked).mean(0)
+
+
 def _channels_last(t: Tensor) -> Tensor:
     """``t`` in channels-last layout if it is a 4-D (image batch or convolution kernel) tensor."""
     return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
@@ -152,6 +178,7 @@ _TASKS: dict[str, Task] = {
              defaults=paper(lr=0.1, batch_size=32, clip=2.0, l2=1e-4, rounds=800, momentum=0.9)),
         # Table 3: the efficiency-power study (no L2).
         Task("mnist-logreg", "mnist", models.mnist_logreg, num_classes=10, batched_logits=models.linear_logits,
+             logits_linear=True,
              defaults=paper(lr=0.7, batch_size=32, clip=2.0, l2=0.0, rounds=640, momentum=0.9)),
         Task("fashion-mnist", "fashion-mnist", models.mnist_cnn, num_classes=10, jump_sample=(256, 64),
              defaults=paper(lr=0.1, batch_size=32, clip=2.0, l2=1e-4, rounds=800, momentum=0.9)),
