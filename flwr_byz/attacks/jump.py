@@ -175,7 +175,8 @@ class JumpObjective:
         loss = self.screen or self.loss
         along = getattr(loss, "along", None)
         if coords is not None and self.along is None and along is not None and len(coords) > coords.shape[1] + 1:
-            self.along = along(self.params, self.span.basis)  # type: ignore[union-attr]
+            assert isinstance(self.span, SpanAggregation) and self.span.basis is not None  # coords come from it
+            self.along = along(self.params, self.span.basis)
         if coords is None or self.along is None:
             return self._losses(aggregates, loss)
         with torch.no_grad():
@@ -192,7 +193,7 @@ class JumpObjective:
     def _score(self, lams: np.ndarray) -> np.ndarray:
         todo = [lam for lam in dict.fromkeys(lams.tolist()) if lam not in self.by_lambda]
         new: list[Scored] = []
-        rows: list[int] = []  # the new aggregates' rows in this call's
+        rows: list[int] = []  # where the new aggregates are in this call's
         if todo:
             start = time.perf_counter()
             with torch.no_grad():

@@ -29,7 +29,7 @@ class LossSampling:
             raise ValueError(f"need size >= 1 and 0 <= screen <= size, got size={self.size}, screen={self.screen}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SampleLoss:
     """``L_H`` on one sample ``(x, y)``: flat parameters ``(k, d) -> (k,)`` (:meth:`Task.batched_loss`)."""
 
