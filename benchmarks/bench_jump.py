@@ -33,6 +33,7 @@ import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -61,6 +62,11 @@ class Setting:
     f: int
     seed: int
 
+    @cached_property
+    def shards(self) -> list[tuple[Tensor, Tensor]]:
+        """Each honest worker's ``(x, y)``."""
+        return [(self.x[p], self.y[p]) for p in self.parts]
+
 
 @dataclass(frozen=True)
 class Result:
@@ -83,7 +89,9 @@ PARTS = ("attack", "setup", "aggregate", "loss")
 
 def sampling(task: Task, text: str) -> LossSampling:
     """``default`` (the task's ``jump_sample``), ``SIZE`` or ``SIZE:SCREEN``."""
-    size, _, screen = (text if text != "default" else "{}:{}".format(*task.jump_sample)).partition(":")
+    if text == "default":
+        return LossSampling(*task.jump_sample)
+    size, _, screen = text.partition(":")
     return LossSampling(int(size), int(screen or 0))
 
 
@@ -95,15 +103,14 @@ def run(s: Setting, spec: str, attack_name: str, params: dict[str, object], samp
     layout = FlatLayout.of(model.state_dict())
     theta = layout.flatten(model.state_dict())
     agg, attack = get_aggregator(spec, f=s.f), get_attack(attack_name, **params)
-    shards = [(s.x[p], s.y[p]) for p in s.parts]
-    h = len(shards)
+    h = len(s.shards)
     momenta: list[Tensor | None] = [None] * h
     step_ms, server_ms, evals, losses, curve, accuracy = [], [], [], [], [], []
     parts: dict[str, list[float]] = {part: [] for part in PARTS}
     for t in range(1, steps + 1):
         start = time.perf_counter()
         model.load_state_dict(layout.unflatten(theta))
-        for i, (x, y) in enumerate(shards):
+        for i, (x, y) in enumerate(s.shards):
             momenta[i] = worker_step(s.task, model, x, y, momenta[i], s.cfg, s.seed, i, t).momentum
         honest = torch.stack(momenta)  # type: ignore[arg-type]
         server = time.perf_counter()
@@ -176,24 +183,24 @@ def main() -> None:
     damage = ("mean L_H", "last L_H", "last acc", "max acc")
     row = "{:<10} {:<12} {:>8} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7}"
     print(row.format(*columns, *damage))
-    runs: list[tuple[str, str, dict[str, object], str]] = [("sf", "sf", {}, "-")]
-    runs += [("jump-global", "jump", {}, samples) for samples in args.samples]
+    oracles = [sampling(task, samples) for samples in args.samples]
+    jumps: list[tuple[str, dict[str, object], LossSampling]] = [("jump-global", {}, oracle) for oracle in oracles]
     if not args.no_powell:
-        runs.append(("jump-powell", "jump", {"solver": "powell"}, args.samples[0]))
+        jumps.append(("jump-powell", {"solver": "powell"}, oracles[0]))
     where: dict[tuple[str, str, str], dict[str, float]] = {}
     for spec in args.aggregators:
-        results: dict[str, list[Result]] = {samples + label: [] for label, _, _, samples in runs}
+        sf: list[Result] = []
+        results: list[list[Result]] = [[] for _ in jumps]
         for s in settings:  # per seed, SF before and after the JUMP runs: its time is their mean (drift cancels)
             before = run(s, spec, "sf", {}, None, args.steps)
-            for label, name, params, samples in runs[1:]:
-                results[samples + label].append(run(s, spec, name, params, sampling(task, samples), args.steps))
+            for rs, (_, params, oracle) in zip(results, jumps, strict=True):
+                rs.append(run(s, spec, "jump", params, oracle, args.steps))
             after = run(s, spec, "sf", {}, None, args.steps)
-            results["-sf"].append(dataclasses.replace(
+            sf.append(dataclasses.replace(
                 before, step_ms=(before.step_ms + after.step_ms) / 2, server_ms=(before.server_ms + after.server_ms) / 2
             ))
-        sf = results["-sf"]
-        for label, name, params, samples in runs:
-            rs = results[samples + label]
+        rows = [("sf", sf, None), *((label, rs, oracle) for rs, (label, _, oracle) in zip(results, jumps, strict=True))]
+        for label, rs, oracle in rows:
             ratios = [(r.step_ms / b.step_ms, r.server_ms / b.server_ms) for r, b in zip(rs, sf, strict=True)]
             cells = [
                 statistics.mean(r.step_ms for r in rs),
@@ -209,9 +216,9 @@ def main() -> None:
             ]
             formats = (".1f", ".2f", ".1f", ".1f", ".1f", ".1f", ".3f", ".3f", ".3f", ".3f")
             texts = [format(c, fmt) for c, fmt in zip(cells, formats, strict=True)]
-            shown = samples if samples != "default" else "{}:{}".format(*task.jump_sample)
+            shown = f"{oracle.size}:{oracle.screen}" if oracle else "-"
             print(row.format(spec, label, shown, *texts), flush=True)
-            if name == "jump":
+            if oracle:
                 where[(spec, label, shown)] = {p: statistics.mean(r.parts[p] for r in rs) for p in PARTS}
                 where[(spec, label, shown)]["honest"] = statistics.mean(r.step_ms - r.server_ms for r in rs)
     print("\nwhere a JUMP step's time goes, ms (honest: the 12 worker steps; setup: span and breakpoints; aggregate /"

@@ -212,10 +212,9 @@ class JumpObjective:
                 self.by_lambda[lam] = entry
         entries = [self.by_lambda[lam] for lam in lams.tolist()]
         if new:
-            every = len(new) == len(aggregates)
+            pick = slice(None) if len(new) == len(aggregates) else rows  # a view when every aggregate is new
             start = time.perf_counter()
-            values = self._scores(aggregates if every else aggregates[rows],
-                                  coords if every or coords is None else coords[rows])
+            values = self._scores(aggregates[pick], None if coords is None else coords[pick])
             self.seconds["loss"] += time.perf_counter() - start
             self.calls += 1
             for s, value in zip(new, values, strict=True):

@@ -307,7 +307,7 @@ class SpanAggregation:
             return (start + lams.to(start)[:, None] * slope).to(self.coords.dtype)
         if self.in_span:
             return self.lift(self.coordinates(lams))
-        copies = lams.to(self.coords)[:, None] * self.coords.mean(0)
+        copies = self._copies(lams)
         if self.basis is None:  # direct: one set of honest rows for every candidate
             return self._coordinate_rule(self.coords.unsqueeze(0), copies)
         h = len(self.coords)
@@ -324,8 +324,11 @@ class SpanAggregation:
 
     def coordinates(self, lams: Tensor) -> Tensor:
         """The aggregates' coordinates ``c`` ``(k, p)`` (float64) in the basis ``B`` where :attr:`in_span`."""
-        copies = lams.to(self.coords)[:, None] * self.coords.mean(0)
-        return self.aggregation(copies_stack(self.coords, copies, self.f, self.order))  # a weighted rule's order
+        return self.aggregation(copies_stack(self.coords, self._copies(lams), self.f, self.order))  # weighted: order
+
+    def _copies(self, lams: Tensor) -> Tensor:
+        """The copies ``lambda gbar`` ``(k, p)``, in the coordinates (vectors on the direct path)."""
+        return lams.to(self.coords)[:, None] * self.coords.mean(0)
 
     def breakpoints(self) -> np.ndarray | None:
         """The sorted lambdas where ``F(X(lambda))`` may jump, or ``None`` if unknown.
